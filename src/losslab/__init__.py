@@ -1,0 +1,33 @@
+"""losslab: training objectives from recent research, for PyTorch.
+
+>>> import torch, losslab
+>>> logits, target = torch.randn(8, 5), torch.randint(0, 5, (8,))
+>>> loss = losslab.functional.cross_entropy(logits, target, z_loss=1e-4)
+>>> losslab.get("cross_entropy") is losslab.functional.cross_entropy
+True
+"""
+from __future__ import annotations
+
+from . import functional, nn, registry
+from ._checks import set_validation, validation, validation_enabled
+from .registry import Example, LossInfo, Reference, families, get, info, list_losses, register
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional",
+    "nn",
+    "registry",
+    "Reference",
+    "Example",
+    "LossInfo",
+    "register",
+    "get",
+    "info",
+    "list_losses",
+    "families",
+    "set_validation",
+    "validation",
+    "validation_enabled",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""The ``losslab`` command (never imported by the library itself)."""

@@ -1,0 +1,49 @@
+"""``nn.Module`` wrappers: thin ones around the functions, and the stateful losses.
+
+Stateful losses keep all state in registered buffers and take an explicit ``index``.
+"""
+from __future__ import annotations
+
+from ._base import FunctionalLoss
+
+from . import classification as _classification
+from . import divergences as _divergences
+from . import transport as _transport
+from . import information as _information
+from . import contrastive as _contrastive
+from . import metric as _metric
+from . import ranking as _ranking
+from . import distillation as _distillation
+from . import preference as _preference
+from . import large_vocab as _large_vocab
+from . import regression as _regression
+from . import calibration as _calibration
+
+from .classification import *  # noqa: F401,F403
+from .divergences import *  # noqa: F401,F403
+from .transport import *  # noqa: F401,F403
+from .information import *  # noqa: F401,F403
+from .contrastive import *  # noqa: F401,F403
+from .metric import *  # noqa: F401,F403
+from .ranking import *  # noqa: F401,F403
+from .distillation import *  # noqa: F401,F403
+from .preference import *  # noqa: F401,F403
+from .large_vocab import *  # noqa: F401,F403
+from .regression import *  # noqa: F401,F403
+from .calibration import *  # noqa: F401,F403
+
+__all__: list[str] = [
+    "FunctionalLoss",
+    *_classification.__all__,
+    *_divergences.__all__,
+    *_transport.__all__,
+    *_information.__all__,
+    *_contrastive.__all__,
+    *_metric.__all__,
+    *_ranking.__all__,
+    *_distillation.__all__,
+    *_preference.__all__,
+    *_large_vocab.__all__,
+    *_regression.__all__,
+    *_calibration.__all__,
+]
