@@ -7,10 +7,15 @@ from __future__ import annotations
 from ._base import FunctionalLoss
 
 from . import classification as _classification
+from . import classification_compsum as _classification_compsum
+from . import classification_ldr as _classification_ldr
+from . import classification_surrogates as _classification_surrogates
 from . import divergences as _divergences
 from . import transport as _transport
+from . import transport_kernel as _transport_kernel
 from . import information as _information
 from . import contrastive as _contrastive
+from . import contrastive_robust as _contrastive_robust
 from . import metric as _metric
 from . import ranking as _ranking
 from . import distillation as _distillation
@@ -20,10 +25,15 @@ from . import regression as _regression
 from . import calibration as _calibration
 
 from .classification import *  # noqa: F401,F403
+from .classification_compsum import *  # noqa: F401,F403
+from .classification_ldr import *  # noqa: F401,F403
+from .classification_surrogates import *  # noqa: F401,F403
 from .divergences import *  # noqa: F401,F403
 from .transport import *  # noqa: F401,F403
+from .transport_kernel import *  # noqa: F401,F403
 from .information import *  # noqa: F401,F403
 from .contrastive import *  # noqa: F401,F403
+from .contrastive_robust import *  # noqa: F401,F403
 from .metric import *  # noqa: F401,F403
 from .ranking import *  # noqa: F401,F403
 from .distillation import *  # noqa: F401,F403
@@ -35,10 +45,15 @@ from .calibration import *  # noqa: F401,F403
 __all__: list[str] = [
     "FunctionalLoss",
     *_classification.__all__,
+    *_classification_compsum.__all__,
+    *_classification_ldr.__all__,
+    *_classification_surrogates.__all__,
     *_divergences.__all__,
     *_transport.__all__,
+    *_transport_kernel.__all__,
     *_information.__all__,
     *_contrastive.__all__,
+    *_contrastive_robust.__all__,
     *_metric.__all__,
     *_ranking.__all__,
     *_distillation.__all__,

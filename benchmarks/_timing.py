@@ -1,0 +1,85 @@
+"""Shared timing and memory helpers for the benchmark scripts (not part of the package).
+
+Speed: median wall time of repeated runs after warm-up. Memory: peak RSS of a fresh
+Python subprocess minus its RSS just before the measured call, so each figure starts
+from a clean allocator.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Callable
+
+import torch
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def median_time(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7, max_seconds: float = 60.0) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs (fewer if slow)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > max_seconds and len(times) >= 3:
+            break
+    return statistics.median(times)
+
+
+def peak_rss_mib(setup: str, call: str, *, timeout: float = 600.0) -> float | None:
+    """Extra peak RSS (MiB) of ``call`` in a fresh interpreter after running ``setup``.
+
+    Returns None if the subprocess fails (e.g. runs out of memory).
+    """
+    code = textwrap.dedent(
+        f"""
+        import json, resource, gc
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})
+        {textwrap.indent(textwrap.dedent(setup), '        ').strip()}
+        gc.collect()
+        def _rss():
+            with open('/proc/self/status') as f:
+                for line in f:
+                    if line.startswith('VmRSS:'):
+                        return int(line.split()[1]) / 1024
+        before = _rss()
+        {textwrap.indent(textwrap.dedent(call), '        ').strip()}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({{"extra": peak - before}}))
+        """
+    )
+    # ru_maxrss is the lifetime peak: setup must not allocate more than the call does.
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["extra"]
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)

@@ -1,0 +1,4 @@
+"""classification compsum objectives (see CATALOG.md)."""
+from __future__ import annotations
+
+__all__: list[str] = []

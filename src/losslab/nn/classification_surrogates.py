@@ -1,0 +1,4 @@
+"""classification surrogates Module wrappers (see CATALOG.md)."""
+from __future__ import annotations
+
+__all__: list[str] = []
