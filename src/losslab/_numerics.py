@@ -43,3 +43,13 @@ def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     if cap is None:
         return logits
     return cap * torch.tanh(logits / cap)
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(x))`` accurate to round-off for every ``x``.
+
+    ``torch.nn.functional.softplus`` switches to the identity above ``threshold=20``,
+    an absolute error of ``exp(-20) ≈ 2e-9`` that float64 references notice;
+    ``logaddexp(x, 0) = max(x, 0) + log1p(exp(-|x|))`` has no such switch.
+    """
+    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))

@@ -20,7 +20,7 @@ from .._checks import (
     check_same_shape,
     validation_enabled,
 )
-from .._numerics import upcast
+from .._numerics import softplus, upcast
 from .._reduction import reduce
 from ..registry import Example, Reference, register
 from ._examples import randint, randn
@@ -63,7 +63,7 @@ def _hinge(d: torch.Tensor, margin: float, scale: float) -> torch.Tensor:
 
 def _logistic(d: torch.Tensor, margin: float, scale: float) -> torch.Tensor:
     # log(1 + exp(-s d)) as softplus: finite for any |d| (log(1+exp(.)) overflows at 89 in float32).
-    return TF.softplus(-scale * d)
+    return softplus(-scale * d)
 
 
 #: Surrogates ℓ(d) of the 0-1 ranking error on a score difference d = s_pos − s_neg.
@@ -384,7 +384,7 @@ def pairwise_ranking_loss(
     higher = t.unsqueeze(-1) > t.unsqueeze(-2)  # [..., i, j]: t_i > t_j
     if mask is not None:
         higher = higher & mask.unsqueeze(-1) & mask.unsqueeze(-2)
-    pair_loss = TF.softplus(p.unsqueeze(-2) - p.unsqueeze(-1))  # softplus(p_j - p_i) at [..., i, j]
+    pair_loss = softplus(p.unsqueeze(-2) - p.unsqueeze(-1))  # softplus(p_j - p_i) at [..., i, j]
     per_sample = torch.where(higher, pair_loss, torch.zeros((), dtype=p.dtype)).sum((-1, -2))
     n_pairs = higher.sum((-1, -2)).to(p.dtype)
     return reduce(per_sample, reduction, normalizer=n_pairs)
