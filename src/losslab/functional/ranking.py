@@ -29,7 +29,7 @@ __all__ = ["mw_loss", "pairwise_auc_loss", "mann_whitney_auc", "pairwise_ranking
 
 MW_PAPER = Reference(
     title="Optimizing What Matters: AUC-Driven Learning for Robust Neural Retrieval",
-    authors="Nadav Schneider, Itay Itzhak, Yonatan Belinkov and others (ServiceNow)",
+    authors="Nima Sheikholeslami, Erfan Hosseini, Patrice Bechard, Srivatsava Daruru, Sai Rajeswar",
     year=2025,
     url="https://arxiv.org/abs/2510.00137",
 )
@@ -41,10 +41,10 @@ LIBAUC_PAPER = Reference(
     url="https://arxiv.org/abs/2306.03065",
 )
 HPM_PAPER = Reference(
-    title="Hard Patches Mining for Masked Image Modeling",
-    authors="Haochen Wang, Kaiyou Song, Junsong Fan, Yuxi Wang, Jin Xie, Zhaoxiang Zhang",
+    title="Bootstrap Masked Visual Modeling via Hard Patches Mining",
+    authors="Haochen Wang, Junsong Fan, Yuxi Wang, Kaiyou Song, Tiancai Wang, Xiangyu Zhang, Zhaoxiang Zhang",
     year=2023,
-    url="https://arxiv.org/abs/2304.05919",
+    url="https://arxiv.org/abs/2312.13714",
 )
 HPM_SEED = "Bootstrap Masked Visual Modeling via Hard Patches Mining"
 
@@ -172,7 +172,7 @@ def mw_loss(scores: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mea
         tensor([0.2201, 0.5196])
 
     References:
-        Schneider et al., "Optimizing What Matters: AUC-Driven Learning for Robust Neural
+        Sheikholeslami et al., "Optimizing What Matters: AUC-Driven Learning for Robust Neural
         Retrieval", 2025, https://arxiv.org/abs/2510.00137;
         Mann & Whitney, "On a test of whether one of two random variables is
         stochastically larger than the other", 1947.
@@ -290,7 +290,7 @@ def mann_whitney_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
         tensor(0.7500)
 
     References:
-        Mann & Whitney, 1947; Schneider et al., "Optimizing What Matters: AUC-Driven
+        Mann & Whitney, 1947; Sheikholeslami et al., "Optimizing What Matters: AUC-Driven
         Learning for Robust Neural Retrieval", 2025, https://arxiv.org/abs/2510.00137.
     """
     pos = _check_scores_labels(scores, labels)
