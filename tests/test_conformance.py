@@ -88,8 +88,10 @@ def test_smoke_and_shapes(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_module_equals_function(name):
     info = _info(name)
-    if info.module is None or info.properties.get("needs_index"):
-        pytest.skip("no stateless module (stateful modules are tested in their family's tests)")
+    if info.module is None or any(
+        info.properties.get(k) for k in ("needs_index", "stateful_module", "module_owns_parameters")
+    ):
+        pytest.skip("no stateless module (stateful / parameter-owning modules are tested in their family's tests)")
     args, kwargs = _make(info)
     mkw = info.example.module_kwargs(kwargs) if info.example.module_kwargs else kwargs
     module = info.module(**mkw)

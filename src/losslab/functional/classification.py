@@ -20,14 +20,15 @@ from .._checks import (
     check_positive,
     check_probabilities,
     check_same_shape,
+    validation_enabled,
 )
 from .._numerics import softcap as _apply_softcap
-from .._numerics import upcast
+from .._numerics import softplus, upcast
 from .._reduction import reduce
 from ..registry import Reference, register
 from ._examples import classification_example
 
-__all__ = ["cross_entropy", "z_loss"]
+__all__ = ["cross_entropy", "z_loss", "focal_loss", "spherical_z_loss", "logit_adjusted_cross_entropy"]
 
 ZLOSS_PAPER = Reference(
     title="Small-scale proxies for large-scale Transformer training instabilities",
@@ -231,3 +232,274 @@ def z_loss(
         return reduce(loss, reduction)
     check_class_target(target, logits, ignore_index=ignore_index)
     return reduce(loss, reduction, mask=target != ignore_index)
+
+
+def _gather_target(x: torch.Tensor, target: torch.Tensor, ignore_index: int):
+    """Kept-sample mask, a safe copy of the target (ignored -> class 0) and ``x[..., target]``."""
+    keep = target != ignore_index
+    safe = torch.where(keep, target, torch.zeros((), dtype=target.dtype, device=target.device))
+    return keep, safe, x.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+
+
+FOCAL_PAPER = Reference(
+    title="Focal Loss for Dense Object Detection",
+    authors="Tsung-Yi Lin, Priya Goyal, Ross Girshick, Kaiming He, Piotr Dollár",
+    year=2017,
+    url="https://arxiv.org/abs/1708.02002",
+)
+
+
+@register(
+    "focal_loss",
+    family="classification",
+    reference=FOCAL_PAPER,
+    example=classification_example(gamma=2.0),
+    input_kind="logits",
+    bounded=False,
+    noise_robust=False,
+)
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Multi-class focal loss: cross-entropy down-weighted on well-classified samples by (1 − p_y)^γ.
+
+    .. math::
+        \ell = -\alpha_y\,(1 - p_y)^{\gamma}\,\log p_y, \qquad p = \operatorname{softmax}(x).
+
+    :math:`\log p_y` comes from ``log_softmax`` and :math:`1 - p_y` from
+    ``-expm1(log p_y)`` (accurate when :math:`p_y \to 1`), clamped at the smallest
+    normal float so that :math:`\gamma < 1` keeps a finite gradient at :math:`p_y = 1`.
+    With :math:`\gamma = 0` and no ``alpha`` this is :func:`cross_entropy`.
+
+    ``alpha`` is a per-class factor (the paper's :math:`\alpha_t`, for example inverse
+    class frequencies); unlike torch's class ``weight`` it does **not** change the
+    ``"mean"`` denominator: ``"mean"`` is the plain mean over non-ignored samples, as in
+    the paper and torchvision's ``sigmoid_focal_loss``.
+
+    Args:
+        logits: ``(*, C)`` unnormalized scores.
+        target: ``(*)`` class indices.
+        gamma: focusing parameter :math:`\gamma \ge 0` (2 in the paper).
+        alpha: optional per-class factors ``(C,)``.
+        ignore_index: target value whose samples are left out.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        logits ``(*, C)``, target ``(*)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import focal_loss, cross_entropy
+        >>> logits, target = torch.tensor([[3.0, 0.0], [0.0, 0.5]]), torch.tensor([0, 0])
+        >>> focal_loss(logits, target, gamma=2.0, reduction="none")
+        tensor([1.0928e-04, 3.7741e-01])
+        >>> torch.allclose(focal_loss(logits, target, gamma=0.0), cross_entropy(logits, target))
+        True
+
+    References:
+        Lin, Goyal, Girshick, He, Dollár, "Focal Loss for Dense Object Detection",
+        ICCV 2017, https://arxiv.org/abs/1708.02002.
+    """
+    _check_logits(logits)
+    check_nonnegative(gamma, "gamma")
+    check_class_weight(alpha, logits.shape[-1], "alpha")
+    check_class_target(target, logits, ignore_index=ignore_index)
+    x = upcast(logits)
+    logp = torch.log_softmax(x, dim=-1)
+    keep, safe, logp_y = _gather_target(logp, target, ignore_index)
+    loss = -logp_y
+    if gamma > 0:
+        one_minus_p = (-torch.expm1(logp_y)).clamp_min(torch.finfo(x.dtype).tiny)
+        loss = loss * one_minus_p.pow(gamma)
+    if alpha is not None:
+        loss = loss * upcast(alpha, x.dtype)[safe]
+    return reduce(loss, reduction, mask=keep)
+
+
+ZSPH_PAPER = Reference(
+    title="The Z-loss: a shift and scale invariant classification loss belonging to the Spherical Family",
+    authors="Alexandre de Brébisson, Pascal Vincent",
+    year=2016,
+    url="https://arxiv.org/abs/1604.08859",
+)
+
+
+@register(
+    "spherical_z_loss",
+    family="classification",
+    reference=ZSPH_PAPER,
+    seed=ZSPH_PAPER.title,
+    example=classification_example(a=1.0, b=2.0),
+    input_kind="logits",
+    bounded=False,
+    shift_invariant=True,
+    scale_invariant=True,
+)
+def spherical_z_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    a: float = 1.0,
+    b: float = 2.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Spherical Z-loss: softplus of the z-normalized target logit; invariant to logit shift and scale.
+
+    With :math:`\mu` the mean and :math:`\sigma` the population standard deviation of the
+    :math:`C` logits of a sample, :math:`z_k = (x_k - \mu)/\sigma` and
+
+    .. math::
+        \ell = \frac{1}{a}\operatorname{softplus}\big(a\,(b - z_y)\big).
+
+    It depends on the logits only through :math:`\sum_k x_k`, :math:`\sum_k x_k^2` and
+    :math:`x_y` (the spherical family), so adding a constant to all logits or multiplying
+    them by a positive factor leaves it unchanged. ``a`` (sharpness) and ``b``
+    (location) are hyperparameters the paper tunes per task; it gives no universal
+    values. Our defaults ``a=1, b=2`` are a choice, not the paper's: :math:`z_y` ranges
+    in :math:`[-\sqrt{C-1}, \sqrt{C-1}]`, and ``b=2`` asks the target to stand two
+    standard deviations above the mean. Not PaLM's z-loss (see :func:`z_loss`).
+
+    All-equal logits (:math:`\sigma = 0`) give :math:`z = 0`: :math:`\sigma` is floored
+    at ``1e-12`` (float64) / ``1e-6`` relative scale so values and gradients stay finite.
+
+    Args:
+        logits: ``(*, C)`` with :math:`C \ge 2`.
+        target: ``(*)`` class indices.
+        a: sharpness :math:`a > 0`.
+        b: location :math:`b`.
+        ignore_index: target value whose samples are left out.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        logits ``(*, C)``, target ``(*)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import spherical_z_loss
+        >>> x, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+        >>> torch.allclose(spherical_z_loss(x, t), spherical_z_loss(5 * x + 3, t))
+        True
+
+    References:
+        de Brébisson & Vincent, "The Z-loss: a shift and scale invariant classification
+        loss belonging to the Spherical Family", 2016, https://arxiv.org/abs/1604.08859.
+    """
+    _check_logits(logits)
+    check_positive(a, "a")
+    if not isinstance(b, (int, float)):
+        raise TypeError(f"b must be a number, got {type(b).__name__}")
+    if logits.shape[-1] < 2:
+        raise ValueError(f"spherical_z_loss needs at least 2 classes, got logits of shape {tuple(logits.shape)}")
+    check_class_target(target, logits, ignore_index=ignore_index)
+    x = upcast(logits)
+    centered = x - x.mean(-1, keepdim=True)
+    var = centered.square().mean(-1)
+    # Floor the variance relative to the logits' own scale so that all-equal logits give
+    # z = 0 with finite gradients instead of 0/0, while keeping exact scale invariance.
+    scale2 = x.detach().square().mean(-1)
+    floor = torch.finfo(x.dtype).eps * scale2 + torch.finfo(x.dtype).tiny
+    std = torch.sqrt(torch.maximum(var, floor))
+    keep, _, c_y = _gather_target(centered, target, ignore_index)
+    z_y = c_y / std
+    loss = softplus(a * (b - z_y)) / a
+    return reduce(loss, reduction, mask=keep)
+
+
+LOGIT_ADJ_PAPER = Reference(
+    title="Long-tail learning via logit adjustment",
+    authors="Aditya Krishna Menon, Sadeep Jayasumana, Ankit Singh Rawat, Himanshu Jain, Andreas Veit, Sanjiv Kumar",
+    year=2021,
+    url="https://arxiv.org/abs/2007.07314",
+)
+
+
+def _logit_adjusted_example():
+    base = classification_example()
+
+    def make(gen):
+        args, _ = base.make(gen)
+        prior = torch.rand(args[0].shape[-1], generator=gen, dtype=torch.float64) + 0.1
+        return args, {"prior": prior / prior.sum(), "tau": 1.0}
+
+    def mismatch(gen):
+        args, _ = base.mismatch(gen)
+        return args, {"prior": torch.full((args[0].shape[-1],), 1.0 / args[0].shape[-1], dtype=torch.float64)}
+
+    from ..registry import Example
+
+    return Example(make=make, mismatch=mismatch, logits=(0,))
+
+
+@register(
+    "logit_adjusted_cross_entropy",
+    family="classification",
+    reference=LOGIT_ADJ_PAPER,
+    seed="PromptMRG: Diagnosis-Driven Prompts for Medical Report Generation",
+    example=_logit_adjusted_example(),
+    input_kind="logits",
+    classification_calibrated=True,
+)
+def logit_adjusted_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    prior: torch.Tensor,
+    tau: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Logit-adjusted cross-entropy for long-tailed labels: CE on logits + τ log π.
+
+    .. math::
+        \ell = -\log\frac{e^{x_y + \tau\log\pi_y}}{\sum_k e^{x_k + \tau\log\pi_k}}
+
+    Training with the adjusted logits and predicting with the raw ones gives a
+    classifier that is consistent for the balanced error (Menon et al.). ``prior`` is
+    the class prior :math:`\pi` (class frequencies, or PromptMRG's adaptive per-class
+    learning status, see :class:`losslab.nn.AdaptiveLogitAdjustedLoss`); it need not sum
+    to 1 (a constant factor cancels), but must be positive.
+
+    Args:
+        logits: ``(*, C)``.
+        target: ``(*)`` class indices.
+        prior: ``(C,)`` positive class prior.
+        tau: adjustment strength :math:`\tau \ge 0` (1 in the paper).
+        ignore_index: target value whose samples are left out.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        logits ``(*, C)``, target ``(*)``, prior ``(C,)``; output ``(*)`` for ``"none"``,
+        else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import logit_adjusted_cross_entropy, cross_entropy
+        >>> x, t = torch.tensor([[1.0, 0.0]]), torch.tensor([1])
+        >>> prior = torch.tensor([0.9, 0.1])
+        >>> logit_adjusted_cross_entropy(x, t, prior=prior)  # a rare target costs more
+        tensor(3.2373)
+        >>> cross_entropy(x, t)
+        tensor(1.3133)
+
+    References:
+        Menon et al., "Long-tail learning via logit adjustment", ICLR 2021,
+        https://arxiv.org/abs/2007.07314; Jin et al., "PromptMRG: Diagnosis-Driven
+        Prompts for Medical Report Generation", AAAI 2024, https://arxiv.org/abs/2308.12604.
+    """
+    _check_logits(logits)
+    check_nonnegative(tau, "tau")
+    check_floating(prior, "prior")
+    if prior.shape != (logits.shape[-1],):
+        raise ValueError(f"prior must have shape ({logits.shape[-1]},) (one value per class), got {tuple(prior.shape)}")
+    if validation_enabled() and bool((prior <= 0).any()):
+        raise ValueError("prior must be positive for every class")
+    x = upcast(logits)
+    adjusted = x + tau * torch.log(upcast(prior, x.dtype))
+    return cross_entropy(adjusted, target, ignore_index=ignore_index, reduction=reduction)
