@@ -15,17 +15,24 @@ from .._checks import (
     validation_enabled,
 )
 from .._numerics import compute_dtype, upcast
+from .._reduction import reduce
 from ..registry import Example, Reference, register
 from ._examples import randint, randn
 from .classification import cross_entropy
 
-__all__ = ["anyloss", "normalized_softmax_loss", "ANYLOSS_METRICS"]
+__all__ = ["anyloss", "ensloss", "ensloss_derivatives", "normalized_softmax_loss", "ANYLOSS_METRICS"]
 
 ANYLOSS_PAPER = Reference(
     title="AnyLoss: Transforming Classification Metrics into Loss Functions",
     authors="Doheon Han, Nuno Moniz, Nitesh V. Chawla",
     year=2024,
     url="https://arxiv.org/abs/2405.14745",
+)
+ENSLOSS_PAPER = Reference(
+    title="EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in Classification",
+    authors="Ben Dai",
+    year=2024,
+    url="https://arxiv.org/abs/2409.00908",
 )
 NSOFTMAX_PAPER = Reference(
     title="Classification is a Strong Baseline for Deep Metric Learning",
@@ -224,3 +231,127 @@ def normalized_softmax_loss(
     e = torch.nn.functional.normalize(upcast(embeddings, dtype), dim=-1)
     w = torch.nn.functional.normalize(upcast(proxies, dtype), dim=-1)
     return cross_entropy(e @ w.T / temperature, labels, reduction=reduction)
+
+
+def ensloss_derivatives(
+    margins: torch.Tensor, *, boxcox_lambda: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    r"""Draw EnsLoss's random loss derivatives for a batch of margins (no gradient).
+
+    :math:`z \sim N(0, 1)^B`, :math:`g = -\mathrm{BoxCox}^{-1}_\lambda(z)` (for
+    :math:`\lambda = 0`: :math:`-e^{z}`; else :math:`-\max(1 + \lambda z, 0)^{1/\lambda}`),
+    clipped below at −1 and sorted; the sample with the :math:`k`-th smallest margin gets
+    the :math:`k`-th smallest (most negative) derivative, so the derivative is
+    non-decreasing in the margin (a convex loss); for margins above 1 it is divided by the
+    margin (a super-linear tail); finally :math:`10^{-6}` is subtracted so that every
+    derivative is strictly negative (a classification-calibrated loss).
+
+    Args:
+        margins: ``(B,)`` margins :math:`y_i f(x_i)` with :math:`y \in \{-1, 1\}`.
+        boxcox_lambda: :math:`\lambda` of the inverse Box–Cox transform (0 in the paper).
+        generator: source of randomness (default: torch's global generator).
+
+    Returns:
+        ``(B,)`` derivatives in the dtype of ``margins``.
+    """
+    with torch.no_grad():
+        s = margins.detach().reshape(-1)
+        z = torch.randn(s.shape[0], generator=generator, dtype=torch.float64, device=s.device)
+        if boxcox_lambda == 0:
+            g = -torch.exp(z)
+        else:
+            g = -torch.clamp(1.0 + boxcox_lambda * z, min=0.0).pow(1.0 / boxcox_lambda)
+        g = torch.sort(g.clamp_min(-1.0)).values.to(s.dtype)
+        out = torch.empty_like(s)
+        out[torch.argsort(s, stable=True)] = g
+        out = torch.where(s > 1.0, out / s, out)
+        return (out - 1e-6).reshape(margins.shape)
+
+
+def _ensloss_example() -> Example:
+    def make(gen: torch.Generator):
+        return (randn(gen, 10), randint(gen, 2, 10)), {"seed": 3}
+
+    def mismatch(gen: torch.Generator):
+        return (randn(gen, 10), randint(gen, 2, 8)), {"seed": 3}
+
+    # grad=(): the value is sg(g)·s with g re-drawn from the margins, so finite differences
+    # see a different function than the intended gradient g·y; that gradient is tested
+    # directly in tests/functional/test_classification.py.
+    return Example(make=make, mismatch=mismatch, logits=(0,), grad=())
+
+
+@register(
+    "ensloss",
+    family="classification",
+    reference=ENSLOSS_PAPER,
+    seed=ENSLOSS_PAPER.title,
+    example=_ensloss_example(),
+    input_kind="logits",
+    classification_calibrated=True,
+    stochastic=True,
+)
+def ensloss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    boxcox_lambda: float = 0.0,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""EnsLoss: a fresh random convex, calibrated binary loss per batch (doubly stochastic gradient).
+
+    Instead of a fixed surrogate, every call draws loss *derivatives*
+    :math:`g_i = \ell'(s_i)` for the batch margins :math:`s_i = y_i f(x_i)`
+    (:func:`ensloss_derivatives`: random, non-decreasing in the margin — a convex loss —
+    and strictly negative — a calibrated one) and returns
+
+    .. math:: \ell_i = \operatorname{sg}(g_i)\, s_i ,
+
+    whose gradient with respect to the logits is exactly :math:`g_i y_i`. Averaged over
+    draws this is an ensemble of convex calibrated losses, which the paper shows reduces
+    overfitting. The *value* is not a loss to monitor (it is negative); log another metric.
+
+    Binary only: ``target`` in {0, 1} (mapped to :math:`y = 2t - 1`). Pass ``generator``
+    (a stream) or ``seed`` (the same draw on every call) for reproducibility; the authors'
+    code draws from the global CUDA generator.
+
+    Args:
+        logits: ``(*)`` real scores :math:`f(x)`.
+        target: ``(*)`` 0/1 labels.
+        boxcox_lambda: :math:`\lambda` of the inverse Box–Cox transform (0: :math:`-e^z`).
+        generator: optional ``torch.Generator``.
+        seed: optional integer; a new generator seeded with it is used (overrides ``generator``).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        logits, target ``(*)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import ensloss
+        >>> logits = torch.tensor([2.0, -0.5, 0.3], requires_grad=True)
+        >>> ensloss(logits, torch.tensor([1, 1, 0]), seed=0).backward()
+        >>> bool((logits.grad * torch.tensor([1.0, 1.0, -1.0]) < 0).all())  # pushes every margin up
+        True
+
+    References:
+        Dai, "EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in
+        Classification", 2024, https://arxiv.org/abs/2409.00908.
+    """
+    check_floating(logits, "logits")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.shape != logits.shape:
+        raise ValueError(f"target must have the shape of logits {tuple(logits.shape)}, got {tuple(target.shape)}")
+    if validation_enabled() and target.numel() > 0 and bool(((target != 0) & (target != 1)).any()):
+        raise ValueError("target must hold binary labels 0/1")
+    if not isinstance(boxcox_lambda, (int, float)) or not math.isfinite(boxcox_lambda):
+        raise ValueError(f"boxcox_lambda must be a finite number, got {boxcox_lambda!r}")
+    if seed is not None:
+        generator = torch.Generator(device=logits.device).manual_seed(int(seed))
+    x = upcast(logits)
+    s = x * (2.0 * target.to(x.dtype) - 1.0)
+    g = ensloss_derivatives(s, boxcox_lambda=boxcox_lambda, generator=generator)
+    return reduce(g * s, reduction)

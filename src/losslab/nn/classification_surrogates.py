@@ -9,12 +9,17 @@ from .. import functional as F
 from ..registry import register_module
 from ._base import FunctionalLoss
 
-__all__ = ["AnyLoss", "NormalizedSoftmaxLoss"]
+__all__ = ["AnyLoss", "EnsLoss", "NormalizedSoftmaxLoss"]
 
 
 @register_module("anyloss")
 class AnyLoss(FunctionalLoss, function=F.anyloss):
     """Module form of :func:`losslab.functional.anyloss`."""
+
+
+@register_module("ensloss")
+class EnsLoss(FunctionalLoss, function=F.ensloss):
+    """Module form of :func:`losslab.functional.ensloss` (pass ``generator=`` or ``seed=`` for reproducibility)."""
 
 
 @register_module("normalized_softmax_loss")
