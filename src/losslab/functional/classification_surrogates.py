@@ -338,7 +338,7 @@ def ensloss(
 
     References:
         Dai, "EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in
-        Classification", 2024, https://arxiv.org/abs/2409.00908.
+        Classification", ICML 2025, https://arxiv.org/abs/2409.00908.
     """
     check_floating(logits, "logits")
     if not isinstance(target, torch.Tensor):
