@@ -361,7 +361,10 @@ def spherical_z_loss(
     (location) are hyperparameters the paper tunes per task; it gives no universal
     values. Our defaults ``a=1, b=2`` are a choice, not the paper's: :math:`z_y` ranges
     in :math:`[-\sqrt{C-1}, \sqrt{C-1}]`, and ``b=2`` asks the target to stand two
-    standard deviations above the mean. Not PaLM's z-loss (see :func:`z_loss`).
+    standard deviations above the mean. A sweep on the noisy-labels experiment (digits,
+    150 epochs, 2 seeds, a ∈ {1, 4}, b ∈ {1, 2, 4}) gave clean test accuracy 0.979–0.981 for
+    every pair and, at 40 % symmetric noise, 0.697–0.718 with a = 1 against 0.646–0.702 with
+    a = 4; a = 1, b = 2 is within seed noise of the best. Not PaLM's z-loss (see :func:`z_loss`).
 
     All-equal logits (:math:`\sigma = 0`) give :math:`z = 0`: :math:`\sigma` is floored
     at ``1e-12`` (float64) / ``1e-6`` relative scale so values and gradients stay finite.

@@ -1,4 +1,541 @@
-"""divergences objectives (see CATALOG.md)."""
+"""Divergences between categorical distributions given by logits (class dimension last).
+
+Every function computes D(P‖Q) per sample (leading dimensions kept), then reduces over
+samples: ``"mean"`` is the mean over (unmasked) samples — there is no "batchmean" trap.
+Inputs are logits, normalized with ``log_softmax(x / temperature)``; ``log_probs=True``
+takes log-probabilities as they are. Zero-probability classes (logit ``-inf``) are handled
+exactly: a class with p = 0 contributes 0 to KL(P‖Q); a class with q = 0 < p makes
+KL(P‖Q) = +inf, which is the true value and is returned as such.
+
+In distillation, the usual forward KL is ``kl_divergence(teacher_logits, student_logits)``
+(P = teacher); the "reverse" KL swaps them.
+"""
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .._checks import check_choice, check_floating, check_ndim, check_positive, check_same_shape
+from .._numerics import upcast
+from .._reduction import reduce
+from ..registry import Reference, register
+from ._examples import pair_logits_example
+
+__all__ = [
+    "kl_divergence",
+    "js_divergence",
+    "generalized_js_divergence",
+    "alpha_divergence",
+    "total_variation",
+    "hellinger_distance",
+    "f_divergence",
+    "FDivergenceGenerator",
+    "F_DIVERGENCES",
+]
+
+FDIV_PAPER = Reference(
+    title="Aligning Language Models with Preferences through f-divergence Minimization",
+    authors="Dongyoung Go, Tomasz Korbak, Germán Kruszewski, Jos Rozen, Nahyeon Ryu, Marc Dymetman",
+    year=2023,
+    url="https://arxiv.org/abs/2302.08215",
+)
+FDIV_SEED = "Aligning Language Models with Preferences through f-divergence Minimization"
+FDPO_PAPER = Reference(
+    title="Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse Divergence Constraints",
+    authors="Chaoqi Wang, Yibo Jiang, Chenghao Yang, Han Liu, Yuxin Chen",
+    year=2023,
+    url="https://arxiv.org/abs/2309.16240",
+)
+JSD_PAPER = Reference(
+    title="Divergence measures based on the Shannon entropy",
+    authors="Jianhua Lin",
+    year=1991,
+    url="https://doi.org/10.1109/18.61115",
+)
+
+
+def _log_probs(p_logits, q_logits, temperature: float, log_probs: bool):
+    """Validated log-probabilities of P and Q in the compute dtype."""
+    check_floating(p_logits, "p_logits")
+    check_floating(q_logits, "q_logits")
+    check_ndim(p_logits, "p_logits", tuple(range(1, 9)))
+    check_same_shape(p_logits, q_logits, ("p_logits", "q_logits"))
+    check_positive(temperature, "temperature")
+    dtype = torch.float64 if torch.float64 in (p_logits.dtype, q_logits.dtype) else torch.float32
+    p, q = upcast(p_logits, dtype), upcast(q_logits, dtype)
+    if log_probs and temperature == 1.0:
+        return p, q
+    return torch.log_softmax(p / temperature, dim=-1), torch.log_softmax(q / temperature, dim=-1)
+
+
+def _check_mask(mask: torch.Tensor | None, logp: torch.Tensor) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.shape != logp.shape[:-1]:
+        raise ValueError(f"mask must have the leading shape {tuple(logp.shape[:-1])} of the logits, got {tuple(mask.shape)}")
+    return mask
+
+
+def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """sum_k p_k (log p_k - log q_k), with 0 log 0 = 0 and finite gradients there."""
+    p = logp.exp()
+    pos = p > 0
+    # Double-where: entries with p = 0 would give 0 * (-inf - x) = NaN in the forward and
+    # NaN * 0 in the backward; replace their logs by 0 before the product.
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    diff = torch.where(pos, logp, zero) - torch.where(pos, logq, zero)
+    return (p * diff).sum(-1)
+
+
+def _mixture(logp: torch.Tensor, logq: torch.Tensor, beta: float) -> torch.Tensor:
+    """log(beta p + (1 - beta) q), in log-space."""
+    return torch.logaddexp(logp + math.log(beta), logq + math.log1p(-beta))
+
+
+def _doc(fn):
+    """Fill the arguments every divergence shares into ``fn``'s docstring."""
+    fn.__doc__ = fn.__doc__.replace("{common_args}", _DOC_ARGS)
+    return fn
+
+
+_DOC_ARGS = """p_logits: logits of P, ``(*, C)``.
+        q_logits: logits of Q, ``(*, C)`` (same shape).
+        temperature: both are divided by it before the softmax (distillation's T).
+        log_probs: inputs are log-probabilities (used as given when ``temperature == 1``).
+        mask: optional bool ``(*)``; False samples are left out (token-level use).
+        reduction: ``"mean"`` over samples, ``"sum"`` or ``"none"``."""
+
+
+@register("kl_divergence", family="divergences", reference=FDIV_PAPER, seed=FDIV_SEED,
+          example=pair_logits_example(), input_kind="logits", symmetric=False)
+@_doc
+def kl_divergence(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    log_probs: bool = False,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Kullback–Leibler divergence KL(P‖Q) between categorical distributions given by logits.
+
+    .. math:: \mathrm{KL}(P\,\|\,Q) = \sum_k p_k \log\frac{p_k}{q_k},
+
+    computed from ``log_softmax`` outputs; classes with :math:`p_k = 0` contribute 0 (also
+    to the gradient), :math:`q_k = 0 < p_k` gives :math:`+\infty`. Unlike
+    ``F.kl_div(input, target)``, the arguments are in the mathematical order (P first) and
+    both are logits; ``reduction="mean"`` averages over samples, not over elements.
+
+    Args:
+        {common_args}
+
+    Shape:
+        inputs ``(*, C)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import kl_divergence
+        >>> p, q = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 0.0, 0.0]])
+        >>> kl_divergence(p, q)
+        tensor(0.5743)
+        >>> kl_divergence(p, p)
+        tensor(0.)
+
+    References:
+        Kullback & Leibler, "On Information and Sufficiency", 1951; Go et al., "Aligning
+        Language Models with Preferences through f-divergence Minimization", ICML 2023,
+        https://arxiv.org/abs/2302.08215.
+    """
+    logp, logq = _log_probs(p_logits, q_logits, temperature, log_probs)
+    return reduce(_kl(logp, logq), reduction, mask=_check_mask(mask, logp))
+
+
+@register("js_divergence", family="divergences", reference=JSD_PAPER, seed="Sinkhorn Distance Minimization for Knowledge Distillation",
+          example=pair_logits_example(), input_kind="logits", symmetric=True, bounded=True)
+@_doc
+def js_divergence(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    log_probs: bool = False,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Jensen–Shannon divergence, symmetric and bounded by log 2; the mixture is formed in log-space.
+
+    .. math::
+        \mathrm{JS}(P, Q) = \tfrac12\mathrm{KL}(P\,\|\,M) + \tfrac12\mathrm{KL}(Q\,\|\,M),
+        \qquad M = \tfrac12(P + Q),
+
+    with :math:`\log M = \operatorname{logaddexp}(\log p, \log q) - \log 2`. In nats; it equals
+    the square of SciPy's ``jensenshannon`` distance. Always finite, even with disjoint
+    supports (then it is :math:`\log 2`).
+
+    Args:
+        {common_args}
+
+    Shape:
+        inputs ``(*, C)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import js_divergence
+        >>> inf = float("inf")
+        >>> js_divergence(torch.tensor([[0.0, -inf]]), torch.tensor([[-inf, 0.0]]))  # log 2
+        tensor(0.6931)
+
+    References:
+        Lin, "Divergence measures based on the Shannon entropy", IEEE Trans. Inf. Theory
+        1991, https://doi.org/10.1109/18.61115.
+    """
+    return generalized_js_divergence(p_logits, q_logits, beta=0.5, temperature=temperature,
+                                     log_probs=log_probs, mask=mask, reduction=reduction)
+
+
+@register("generalized_js_divergence", family="divergences", reference=JSD_PAPER,
+          example=pair_logits_example(beta=0.3), input_kind="logits", bounded=True)
+@_doc
+def generalized_js_divergence(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    log_probs: bool = False,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Generalized (skewed) Jensen–Shannon divergence with mixture weight β.
+
+    .. math::
+        \mathrm{JS}_\beta(P, Q) = \beta\,\mathrm{KL}(P\,\|\,M) + (1-\beta)\,\mathrm{KL}(Q\,\|\,M),
+        \qquad M = \beta P + (1 - \beta) Q,
+
+    bounded by the binary entropy :math:`h(\beta) \le \log 2`; :math:`\beta = \tfrac12` is
+    :func:`js_divergence`. Limits: as :math:`\beta \to 0` or :math:`\beta \to 1` it tends
+    to 0 (the mixture collapses onto one distribution), linearly in :math:`\beta`:
+    :math:`\mathrm{JS}_\beta / \beta \to \mathrm{KL}(P\,\|\,Q)` as :math:`\beta \to 0`, and
+    :math:`\mathrm{JS}_\beta / (1-\beta) \to \mathrm{KL}(Q\,\|\,P)` as :math:`\beta \to 1`.
+    ``beta`` must lie in the open interval (0, 1). This is the "generalized JSD" used in
+    on-policy distillation with P = teacher, Q = student (check the convention of the
+    code you compare with: some libraries weight the other way round).
+
+    Args:
+        beta: mixture weight :math:`\beta \in (0, 1)` of P.
+        {common_args}
+
+    Shape:
+        inputs ``(*, C)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import generalized_js_divergence, js_divergence
+        >>> p, q = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+        >>> torch.allclose(generalized_js_divergence(p, q, beta=0.5), js_divergence(p, q))
+        True
+
+    References:
+        Lin, 1991, https://doi.org/10.1109/18.61115; Agarwal et al., "On-Policy
+        Distillation of Language Models: Learning from Self-Generated Mistakes", ICLR 2024,
+        https://arxiv.org/abs/2306.13649.
+    """
+    if not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
+        raise ValueError(f"beta must be in (0, 1), got {beta!r}")
+    logp, logq = _log_probs(p_logits, q_logits, temperature, log_probs)
+    logm = _mixture(logp, logq, float(beta))
+    value = beta * _kl(logp, logm) + (1.0 - beta) * _kl(logq, logm)
+    return reduce(value, reduction, mask=_check_mask(mask, logp))
+
+
+@register("alpha_divergence", family="divergences", reference=FDPO_PAPER,
+          seed="Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse Divergence Constraints",
+          example=pair_logits_example(alpha=0.3), input_kind="logits")
+@_doc
+def alpha_divergence(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    *,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    log_probs: bool = False,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Amari α-divergence; tends to KL(P‖Q) as α → 1 and to KL(Q‖P) as α → 0.
+
+    .. math::
+        D_\alpha(P\,\|\,Q) = \frac{1 - \sum_k p_k^{\alpha} q_k^{1-\alpha}}{\alpha(1-\alpha)},
+
+    the f-divergence of :math:`f(u) = (u^\alpha - \alpha u - (1-\alpha))/(\alpha(\alpha-1))`.
+    :math:`\sum_k p^\alpha q^{1-\alpha}` is computed as ``exp(logsumexp(α log p + (1-α) log q))``
+    and :math:`1 - e^{s}` as ``-expm1(s)`` (accurate for nearby P and Q); α = 1 and α = 0 are
+    dispatched to the KL divergences exactly. :math:`\alpha = \tfrac12` gives
+    :math:`4(1 - \mathrm{BC}) = 8 H^2` (Bhattacharyya coefficient, squared Hellinger).
+
+    Conventions differ: this is Amari's parameterization with P first (the f-DPO paper's
+    α-divergence constraint with P = π, Q = π_ref). TRL's ``alpha_divergence`` score has used
+    two parameterizations across versions (old α = 1 − new α); compare through the α → 1 limit,
+    which must give reverse KL KL(π‖π_ref).
+
+    Args:
+        alpha: any finite real :math:`\alpha`; outside [0, 1] the value is :math:`+\infty`
+            when a class has q = 0 < p (α > 1) or p = 0 < q (α < 0).
+        {common_args}
+
+    Shape:
+        inputs ``(*, C)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import alpha_divergence, kl_divergence
+        >>> p, q = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+        >>> torch.allclose(alpha_divergence(p, q, alpha=1.0), kl_divergence(p, q))
+        True
+
+    References:
+        Amari, "Differential-Geometrical Methods in Statistics", 1985; Wang et al.,
+        "Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse
+        Divergence Constraints", ICLR 2024, https://arxiv.org/abs/2309.16240.
+    """
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    logp, logq = _log_probs(p_logits, q_logits, temperature, log_probs)
+    m = _check_mask(mask, logp)
+    if alpha == 1:
+        return reduce(_kl(logp, logq), reduction, mask=m)
+    if alpha == 0:
+        return reduce(_kl(logq, logp), reduction, mask=m)
+    s = torch.logsumexp(alpha * logp + (1.0 - alpha) * logq, dim=-1)
+    value = -torch.expm1(s) / (alpha * (1.0 - alpha))
+    return reduce(value, reduction, mask=m)
+
+
+@register("total_variation", family="divergences", reference=FDIV_PAPER, seed=FDIV_SEED,
+          example=pair_logits_example(), input_kind="logits", symmetric=True, bounded=True)
+@_doc
+def total_variation(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    log_probs: bool = False,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Total variation distance ½ Σ |p − q|, in [0, 1].
+
+    .. math:: \mathrm{TV}(P, Q) = \tfrac12 \sum_k |p_k - q_k|
+
+    The f-divergence of :math:`f(u) = \tfrac12|u - 1|`. Its gradient is the sign of
+    :math:`p - q` (zero where they are equal).
+
+    Args:
+        {common_args}
+
+    Shape:
+        inputs ``(*, C)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import total_variation
+        >>> inf = float("inf")
+        >>> total_variation(torch.tensor([[0.0, -inf]]), torch.tensor([[-inf, 0.0]]))
+        tensor(1.)
+
+    References:
+        Go et al., "Aligning Language Models with Preferences through f-divergence
+        Minimization", ICML 2023, https://arxiv.org/abs/2302.08215.
+    """
+    logp, logq = _log_probs(p_logits, q_logits, temperature, log_probs)
+    value = 0.5 * (logp.exp() - logq.exp()).abs().sum(-1)
+    return reduce(value, reduction, mask=_check_mask(mask, logp))
+
+
+@register("hellinger_distance", family="divergences", reference=FDIV_PAPER, seed=FDIV_SEED,
+          example=pair_logits_example(), input_kind="logits", symmetric=True, bounded=True)
+@_doc
+def hellinger_distance(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    *,
+    squared: bool = False,
+    temperature: float = 1.0,
+    log_probs: bool = False,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Hellinger distance between categorical distributions, in [0, 1] (or its square).
+
+    .. math:: H^2(P, Q) = \tfrac12 \sum_k \big(\sqrt{p_k} - \sqrt{q_k}\big)^2, \qquad H = \sqrt{H^2}
+
+    :math:`\sqrt{p} = e^{\log p / 2}` from ``log_softmax``; the square is summed directly (not
+    as :math:`1 - \sum\sqrt{pq}`, which cancels for nearby distributions). :math:`H^2` is the
+    f-divergence of :math:`f(u) = \tfrac12(\sqrt u - 1)^2` (``f_divergence(..., "hellinger")``).
+    The distance :math:`H` has an infinite slope at P = Q; train with ``squared=True``.
+
+    Args:
+        squared: return :math:`H^2` instead of :math:`H`.
+        {common_args}
+
+    Shape:
+        inputs ``(*, C)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import hellinger_distance
+        >>> inf = float("inf")
+        >>> hellinger_distance(torch.tensor([[0.0, -inf]]), torch.tensor([[-inf, 0.0]]))
+        tensor(1.)
+
+    References:
+        Hellinger, 1909; Go et al., ICML 2023, https://arxiv.org/abs/2302.08215.
+    """
+    logp, logq = _log_probs(p_logits, q_logits, temperature, log_probs)
+    h2 = 0.5 * (torch.exp(0.5 * logp) - torch.exp(0.5 * logq)).square().sum(-1)
+    # H has an infinite slope at H = 0 (P = Q); the floor keeps its gradient finite (0 there).
+    value = h2 if squared else torch.sqrt(h2.clamp_min(torch.finfo(h2.dtype).tiny))
+    return reduce(value, reduction, mask=_check_mask(mask, logp))
+
+
+# --------------------------------------------------------------------------- the generator table
+@dataclass(frozen=True)
+class FDivergenceGenerator:
+    r"""An f-divergence :math:`D_f(P\|Q) = \sum_k q_k f(p_k/q_k)` by its generator.
+
+    Attributes:
+        name: the key in :data:`F_DIVERGENCES`.
+        f: the convex generator, :math:`f(1) = 0`.
+        f_prime: its derivative :math:`f'(u)` (the f-DPO score of a density ratio :math:`u`).
+        conjugate: the convex conjugate :math:`f^*(t) = \sup_u\, t u - f(u)` (variational /
+            f-GAN bounds), or None where it has no closed form.
+        conjugate_domain: the open interval of :math:`t` where :math:`f^*` is finite.
+    """
+
+    name: str
+    f: Callable[[torch.Tensor], torch.Tensor]
+    f_prime: Callable[[torch.Tensor], torch.Tensor]
+    conjugate: Callable[[torch.Tensor], torch.Tensor] | None
+    conjugate_domain: tuple[float, float] = (-math.inf, math.inf)
+
+
+def _alpha_generator(alpha: float) -> FDivergenceGenerator:
+    a = float(alpha)
+
+    def f(u):
+        return (u.pow(a) - a * u - (1 - a)) / (a * (a - 1))
+
+    def fp(u):
+        return (u.pow(a - 1) - 1) / (a - 1)
+
+    def conj(t):
+        u = (1 + (a - 1) * t).pow(1 / (a - 1))  # (f')^{-1}(t)
+        return t * u - f(u)
+
+    dom = (-1 / (a - 1), math.inf) if a > 1 else (-math.inf, -1 / (a - 1))
+    return FDivergenceGenerator("alpha", f, fp, conj, dom)
+
+
+#: Generators of the named f-divergences (P first: D_f(P‖Q) = E_Q f(dP/dQ)).
+#: Mapping to TRL's f-DPO names, with u = π/π_ref: TRL "reverse_kl" (score r = log u) is our
+#: "kl" (f′ = log u + 1); TRL "forward_kl" (score 1 − 1/u) is our "reverse_kl" (f′ = −1/u);
+#: scores agree up to an additive constant, which the DPO loss cancels.
+F_DIVERGENCES: dict[str, FDivergenceGenerator] = {
+    "kl": FDivergenceGenerator("kl", lambda u: torch.xlogy(u, u), lambda u: torch.log(u) + 1, lambda t: torch.exp(t - 1)),
+    "reverse_kl": FDivergenceGenerator("reverse_kl", lambda u: -torch.log(u), lambda u: -1 / u,
+                                       lambda t: -1 - torch.log(-t), (-math.inf, 0.0)),
+    "js": FDivergenceGenerator(
+        "js",
+        lambda u: 0.5 * (torch.xlogy(u, u) - torch.xlogy(u + 1, (u + 1) / 2)),
+        lambda u: 0.5 * torch.log(2 * u / (u + 1)),
+        lambda t: -0.5 * torch.log(2 - torch.exp(2 * t)),
+        (-math.inf, 0.5 * math.log(2)),
+    ),
+    "total_variation": FDivergenceGenerator("total_variation", lambda u: 0.5 * (u - 1).abs(),
+                                            lambda u: 0.5 * torch.sign(u - 1), lambda t: t, (-0.5, 0.5)),
+    "hellinger": FDivergenceGenerator("hellinger", lambda u: 0.5 * (torch.sqrt(u) - 1).square(),
+                                      lambda u: 0.5 * (1 - 1 / torch.sqrt(u)), lambda t: t / (1 - 2 * t), (-math.inf, 0.5)),
+    "chi2": FDivergenceGenerator("chi2", lambda u: (u - 1).square(), lambda u: 2 * (u - 1), lambda t: t + t.square() / 4),
+    "jeffreys": FDivergenceGenerator("jeffreys", lambda u: (u - 1) * torch.log(u), lambda u: torch.log(u) + 1 - 1 / u, None),
+}
+DIVERGENCE_NAMES = ("kl", "reverse_kl", "js", "alpha", "total_variation", "hellinger", "chi2", "jeffreys")
+
+
+def generator(name: str, *, alpha: float = 0.5) -> FDivergenceGenerator:
+    """The :class:`FDivergenceGenerator` of ``name`` (``"alpha"`` needs ``alpha``)."""
+    check_choice(name, "divergence", DIVERGENCE_NAMES)
+    return _alpha_generator(alpha) if name == "alpha" else F_DIVERGENCES[name]
+
+
+@register("f_divergence", family="divergences", reference=FDIV_PAPER, seed=FDIV_SEED,
+          example=pair_logits_example(divergence="jeffreys"), input_kind="logits")
+@_doc
+def f_divergence(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    *,
+    divergence: str = "kl",
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    log_probs: bool = False,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""The f-divergence D_f(P‖Q) for a named generator, computed in a stable closed form.
+
+    .. math:: D_f(P\,\|\,Q) = \sum_k q_k\, f\!\Big(\frac{p_k}{q_k}\Big)
+
+    ``divergence``: ``"kl"`` KL(P‖Q); ``"reverse_kl"`` KL(Q‖P); ``"js"`` Jensen–Shannon;
+    ``"alpha"`` Amari α (``alpha``); ``"total_variation"``; ``"hellinger"`` the *squared*
+    Hellinger distance (the f-divergence); ``"chi2"`` Pearson
+    :math:`\chi^2 = \sum p^2/q - 1` (from a ``logsumexp``); ``"jeffreys"`` KL(P‖Q) + KL(Q‖P).
+    Each is evaluated by its dedicated log-space formula, never as the generic sum (whose
+    ratio :math:`p/q` overflows). The generators themselves (:math:`f`, :math:`f'`,
+    :math:`f^*`) are in :data:`F_DIVERGENCES` / :func:`generator`, shared with the
+    preference (f-DPO) and distillation objectives.
+
+    Args:
+        divergence: one of the names above.
+        alpha: the α of ``"alpha"``.
+        {common_args}
+
+    Shape:
+        inputs ``(*, C)``; output ``(*)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import f_divergence, kl_divergence
+        >>> p, q = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+        >>> torch.allclose(f_divergence(p, q, divergence="reverse_kl"), kl_divergence(q, p))
+        True
+
+    References:
+        Csiszár, 1967; Ali & Silvey, 1966; Go et al., ICML 2023,
+        https://arxiv.org/abs/2302.08215; Nowozin et al., "f-GAN", 2016,
+        https://arxiv.org/abs/1606.00709 (conjugates).
+    """
+    check_choice(divergence, "divergence", DIVERGENCE_NAMES)
+    kw = dict(temperature=temperature, log_probs=log_probs, mask=mask, reduction=reduction)
+    if divergence == "kl":
+        return kl_divergence(p_logits, q_logits, **kw)
+    if divergence == "reverse_kl":
+        return kl_divergence(q_logits, p_logits, **kw)
+    if divergence == "js":
+        return js_divergence(p_logits, q_logits, **kw)
+    if divergence == "alpha":
+        return alpha_divergence(p_logits, q_logits, alpha=alpha, **kw)
+    if divergence == "total_variation":
+        return total_variation(p_logits, q_logits, **kw)
+    if divergence == "hellinger":
+        return hellinger_distance(p_logits, q_logits, squared=True, **kw)
+    logp, logq = _log_probs(p_logits, q_logits, temperature, log_probs)
+    m = _check_mask(mask, logp)
+    if divergence == "chi2":
+        return reduce(torch.expm1(torch.logsumexp(2 * logp - logq, dim=-1)), reduction, mask=m)
+    return reduce(_kl(logp, logq) + _kl(logq, logp), reduction, mask=m)  # jeffreys

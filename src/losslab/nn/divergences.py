@@ -1,4 +1,44 @@
-"""Module wrappers for the divergences family."""
+"""Module wrappers for the categorical divergences."""
 from __future__ import annotations
 
-__all__: list[str] = []
+from .. import functional as F
+from ..registry import register_module
+from ._base import FunctionalLoss
+
+__all__ = ["KLDivergence", "JSDivergence", "GeneralizedJSDivergence", "AlphaDivergence", "TotalVariation",
+           "HellingerDistance", "FDivergence"]
+
+
+@register_module("kl_divergence")
+class KLDivergence(FunctionalLoss, function=F.kl_divergence):
+    """Module form of :func:`losslab.functional.kl_divergence` (P first: ``forward(p_logits, q_logits)``)."""
+
+
+@register_module("js_divergence")
+class JSDivergence(FunctionalLoss, function=F.js_divergence):
+    """Module form of :func:`losslab.functional.js_divergence`."""
+
+
+@register_module("generalized_js_divergence")
+class GeneralizedJSDivergence(FunctionalLoss, function=F.generalized_js_divergence):
+    """Module form of :func:`losslab.functional.generalized_js_divergence`."""
+
+
+@register_module("alpha_divergence")
+class AlphaDivergence(FunctionalLoss, function=F.alpha_divergence):
+    """Module form of :func:`losslab.functional.alpha_divergence`."""
+
+
+@register_module("total_variation")
+class TotalVariation(FunctionalLoss, function=F.total_variation):
+    """Module form of :func:`losslab.functional.total_variation`."""
+
+
+@register_module("hellinger_distance")
+class HellingerDistance(FunctionalLoss, function=F.hellinger_distance):
+    """Module form of :func:`losslab.functional.hellinger_distance`."""
+
+
+@register_module("f_divergence")
+class FDivergence(FunctionalLoss, function=F.f_divergence):
+    """Module form of :func:`losslab.functional.f_divergence`."""
