@@ -168,3 +168,13 @@ def test_bad_input():
         LF.kl_divergence(a, a, mask=torch.ones(4, dtype=torch.bool))
     with pytest.raises(TypeError, match="floating"):
         LF.kl_divergence(a, torch.ones(3, 4, dtype=torch.long))
+
+
+def test_jsd_contrastive_logits_matches_adacad_rule():
+    a, b = _pq(6)
+    out, alpha = LF.jsd_contrastive_logits(a, b, offset=0.1, return_alpha=True)
+    js = scipy_distance.jensenshannon(_probs(a), _probs(b), axis=-1) ** 2  # nats
+    np.testing.assert_allclose(alpha.numpy(), js + 0.1, rtol=1e-10)
+    ref = (1 + alpha.unsqueeze(-1)) * a - alpha.unsqueeze(-1) * b
+    torch.testing.assert_close(out, ref)
+    assert (LF.jsd_contrastive_logits(a, b, return_alpha=True)[1] <= math.log(2)).all()

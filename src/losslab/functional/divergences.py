@@ -32,6 +32,7 @@ __all__ = [
     "total_variation",
     "hellinger_distance",
     "f_divergence",
+    "jsd_contrastive_logits",
     "FDivergenceGenerator",
     "F_DIVERGENCES",
 ]
@@ -539,3 +540,69 @@ def f_divergence(
     if divergence == "chi2":
         return reduce(torch.expm1(torch.logsumexp(2 * logp - logq, dim=-1)), reduction, mask=m)
     return reduce(_kl(logp, logq) + _kl(logq, logp), reduction, mask=m)  # jeffreys
+
+
+ADACAD_PAPER = Reference(
+    title="AdaCAD: Adaptively Decoding to Balance Conflicts between Contextual and Parametric Knowledge",
+    authors="Han Wang, Archiki Prasad, Elias Stengel-Eskin, Mohit Bansal",
+    year=2024,
+    url="https://arxiv.org/abs/2409.07394",
+)
+
+
+@register("jsd_contrastive_logits", family="divergences", reference=ADACAD_PAPER, seed=ADACAD_PAPER.title,
+          example=pair_logits_example(), input_kind="logits", module_required=False, differentiable=False,
+          inference_only=True)
+def jsd_contrastive_logits(
+    context_logits: torch.Tensor,
+    no_context_logits: torch.Tensor,
+    *,
+    offset: float = 0.0,
+    return_alpha: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    r"""AdaCAD decoding: contrast next-token logits with and without context, weighted by their JS divergence.
+
+    Context-aware decoding (CAD) sharpens the model towards what the context adds,
+    :math:`(1+\alpha)\,\ell_{\text{ctx}} - \alpha\,\ell_{\text{no-ctx}}`, with a fixed
+    :math:`\alpha`. AdaCAD sets :math:`\alpha` per token to the degree of conflict between
+    the two next-token distributions,
+
+    .. math::
+        \alpha = \mathrm{JS}\big(\operatorname{softmax}\ell_{\text{ctx}},\,
+                 \operatorname{softmax}\ell_{\text{no-ctx}}\big) + \text{offset},
+
+    in nats (so :math:`0 \le \alpha \le \log 2` without offset): no conflict, no
+    adjustment. An inference-time helper, not a loss: no reduction and no gradient
+    semantics are promised (call it under ``torch.no_grad()``). The authors' code computes
+    one :math:`\alpha` for its batch of one token; here every position gets its own.
+
+    Args:
+        context_logits: ``(*, V)`` next-token logits given the context.
+        no_context_logits: ``(*, V)`` next-token logits without it.
+        offset: added to :math:`\alpha` (the authors' ``--offset``, default 0).
+        return_alpha: also return :math:`\alpha` ``(*)``.
+
+    Shape:
+        inputs ``(*, V)``; output ``(*, V)`` logits (float32 for half inputs), and ``(*)``.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import jsd_contrastive_logits
+        >>> same = torch.tensor([[1.0, 0.0, -1.0]])
+        >>> torch.equal(jsd_contrastive_logits(same, same), same)   # no conflict: unchanged
+        True
+
+    References:
+        Wang, Prasad, Stengel-Eskin, Bansal, "AdaCAD: Adaptively Decoding to Balance
+        Conflicts between Contextual and Parametric Knowledge", NAACL 2025,
+        https://arxiv.org/abs/2409.07394; Shi et al., "Trusting Your Evidence:
+        Hallucinate Less with Context-aware Decoding", 2023, https://arxiv.org/abs/2305.14739.
+    """
+    if not (isinstance(offset, (int, float)) and math.isfinite(offset)):
+        raise ValueError(f"offset must be a finite number, got {offset!r}")
+    logp, logq = _log_probs(context_logits, no_context_logits, 1.0, False)
+    logm = _mixture(logp, logq, 0.5)
+    alpha = 0.5 * _kl(logp, logm) + 0.5 * _kl(logq, logm) + offset
+    a = alpha.unsqueeze(-1)
+    out = (1.0 + a) * upcast(context_logits, logp.dtype) - a * upcast(no_context_logits, logp.dtype)
+    return (out, alpha) if return_alpha else out
