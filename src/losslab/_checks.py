@@ -124,13 +124,14 @@ def check_class_target(
     check_leading_shape(target, name, logits.shape[:-1], "logits")
     if _VALIDATE and target.numel() > 0:
         num_classes = logits.shape[-1]
-        t = target if ignore_index is None else target[target != ignore_index]
-        if t.numel() > 0:
-            lo, hi = int(t.min()), int(t.max())
-            if lo < 0 or hi >= num_classes:
-                bad = lo if lo < 0 else hi
-                extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
-                raise ValueError(f"{name} has class index {bad} outside [0, {num_classes}){extra}")
+        # One fused comparison and one host sync; the offending value is looked up only on error.
+        bad = (target < 0) | (target >= num_classes)
+        if ignore_index is not None:
+            bad &= target != ignore_index
+        if bool(bad.any()):
+            value = int(target[bad][0])
+            extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+            raise ValueError(f"{name} has class index {value} outside [0, {num_classes}){extra}")
 
 
 def check_probabilities(p: torch.Tensor, name: str, *, dim: int = -1, atol: float | None = None) -> None:

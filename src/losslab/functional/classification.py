@@ -19,6 +19,7 @@ from .._checks import (
     check_nonnegative,
     check_positive,
     check_probabilities,
+    check_reduction,
     check_same_shape,
     validation_enabled,
 )
@@ -96,10 +97,10 @@ def cross_entropy(
     ``F.cross_entropy`` to float round-off. Unlike torch, a batch whose samples are all
     ignored gives 0 (with zero gradients) rather than NaN.
 
-    The per-sample cross-entropy comes from torch's fused log-softmax/NLL kernels (so
-    ``reduction="none"`` is bit-identical to ``F.cross_entropy``), computed in float32 for
-    half/bfloat16 inputs; the z-loss adds one ``logsumexp``; the reduction is losslab's
-    (``mean`` may differ from torch's in the last bit).
+    Computed with torch's own kernels (``log_softmax`` then ``nll_loss``, as
+    ``F.cross_entropy`` does internally), in float32 for half/bfloat16 logits without
+    copying them to float32 (``log_softmax(dtype=float32)``); the z-loss reuses
+    :math:`Z = x_y - \log p_y` (no extra pass over the logits).
 
     Args:
         logits: unnormalized scores, shape ``(*, C)``.
@@ -139,39 +140,70 @@ def cross_entropy(
     num_classes = logits.shape[-1]
     check_class_weight(weight, num_classes)
 
-    x = _apply_softcap(upcast(logits), softcap)
-    w = upcast(weight, x.dtype)
     lead = logits.shape[:-1]
-    x2 = x.reshape(-1, num_classes)
+    # Half/bfloat16 logits are read as they are and the log-softmax is produced in float32
+    # (log_softmax(dtype=float32)): no float32 copy of the (N, C) logits is made. Softcap
+    # needs tanh of the logits, so that option upcasts first.
+    x2 = logits.reshape(-1, num_classes)
+    if softcap is not None:
+        x2 = _apply_softcap(upcast(x2), softcap)
+    out_dtype = torch.float64 if x2.dtype == torch.float64 else torch.float32
+    logp = torch.log_softmax(x2, dim=-1, dtype=out_dtype)
+    w = upcast(weight, out_dtype)
+    eps = float(label_smoothing)
 
     if target.is_floating_point():
         check_same_shape(target, logits, ("target", "logits"))
         check_probabilities(target, "target")
-        p2 = upcast(target, x.dtype).reshape(-1, num_classes)
-        # torch's fused log-softmax + soft-target kernel: the per-sample loss is bit-identical.
-        loss = F.cross_entropy(x2, p2, weight=w, label_smoothing=label_smoothing, reduction="none")
+        p2 = upcast(target, out_dtype).reshape(-1, num_classes)
+        if eps > 0:
+            p2 = p2 * (1.0 - eps) + eps / num_classes
+        if w is not None:
+            p2 = p2 * w
+        loss = -(p2 * logp).sum(-1)
         if z_loss > 0:
-            loss = loss + z_loss * torch.logsumexp(x2, dim=-1).square()
+            loss = loss + z_loss * torch.logsumexp(upcast(x2, out_dtype), dim=-1).square()
         # torch's rule for probability targets: "mean" divides by the number of samples.
         return reduce(loss.reshape(lead), reduction)
 
     check_class_target(target, logits, ignore_index=ignore_index)
     t1 = target.reshape(-1)
     keep = t1 != ignore_index
-    # Per-sample loss from torch's fused log_softmax/nll kernels (one pass forward, one
-    # fused backward): already weighted by w[y] (and by w inside the smoothing term) and 0
-    # for ignored samples, exactly as F.cross_entropy(reduction="none").
-    loss = F.cross_entropy(x2, t1, weight=w, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none")
-    w_y = None
-    if w is not None:
-        safe = torch.where(keep, t1, torch.zeros((), dtype=t1.dtype, device=t1.device))
-        w_y = w[safe]
+    safe = torch.where(keep, t1, torch.zeros((), dtype=t1.dtype, device=t1.device))
+    w_y = None if w is None else w[safe]
+
+    def smoothing_term():
+        # (eps / C) * sum_k w_k (-log p_k), 0 for ignored samples (torch's definition).
+        s = -(logp.sum(-1) if w is None else logp @ w)
+        return torch.where(keep, s, torch.zeros((), dtype=out_dtype)) * (eps / num_classes)
+
+    def z_term():
+        # Z = x_y - log p_y: the log-partition from the gathered target logit, no extra pass.
+        lse = upcast(x2.gather(-1, safe.unsqueeze(-1)).squeeze(-1), out_dtype) - logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        term = z_loss * torch.where(keep, lse, torch.zeros((), dtype=out_dtype)).square()
+        return term if w_y is None else term * w_y
+
+    if reduction == "none":
+        loss = F.nll_loss(logp, t1, weight=w, ignore_index=ignore_index, reduction="none")
+        if eps > 0:
+            loss = (1.0 - eps) * loss + smoothing_term()
+        if z_loss > 0:
+            loss = loss + z_term()
+        return reduce(loss.reshape(lead), reduction, mask=keep.reshape(lead))
+
+    # "sum"/"mean": torch's fused nll_loss sum kernel (faster backward than a per-sample
+    # vector); the same value as reduce(<"none" loss>, reduction, mask, normalizer).
+    check_reduction(reduction)
+    total = F.nll_loss(logp, t1, weight=w, ignore_index=ignore_index, reduction="sum")
+    if eps > 0:
+        total = (1.0 - eps) * total + smoothing_term().sum()
     if z_loss > 0:
-        z_term = z_loss * torch.logsumexp(x2, dim=-1).square()
-        loss = loss + (z_term if w_y is None else z_term * w_y)
-    # "mean" divides by sum of w[y] over kept samples (torch's rule), 0 if nothing is kept.
-    return reduce(loss.reshape(lead), reduction, mask=keep.reshape(lead),
-                  normalizer=None if w_y is None else w_y.reshape(lead))
+        total = total + z_term().sum()
+    if reduction == "sum":
+        return total
+    # "mean": divide by sum of w[y] over kept samples (torch's rule); 0 when nothing is kept.
+    denom = keep.sum().to(out_dtype) if w_y is None else torch.where(keep, w_y, torch.zeros((), dtype=out_dtype)).sum()
+    return total / torch.where(denom == 0, torch.ones_like(denom), denom)
 
 
 @register(
