@@ -1,4 +1,5 @@
 """Entropic OT against POT and geomloss, plus the identities of the dual."""
+import math
 import warnings
 
 import numpy as np
@@ -132,3 +133,17 @@ def test_bad_input():
         LF.sinkhorn(x, y, cost="manhattan")
     with pytest.raises(ValueError, match="NaN"):
         LF.sinkhorn(x * float("nan"), y)
+
+
+def test_monge_gap_definition_and_optimal_maps():
+    x, _, a, _ = _clouds(7, n=15)
+    t = x @ torch.tensor([[1.2, 0.3], [0.3, 0.8]], dtype=F64) + 0.5  # gradient of a convex quadratic: optimal
+    ref = (a * ((x - t) ** 2).sum(-1)).sum() - LF.sinkhorn(x, t, a=a, b=a, epsilon=0.05, **TIGHT).value
+    gap = LF.monge_gap(x, t, a=a, epsilon=0.05, **TIGHT)
+    torch.testing.assert_close(gap, ref)
+    assert -0.05 * math.log(15) - 1e-9 <= gap.item() < 0.05  # >= -eps H(a), ~0 for an optimal map
+    scrambled = LF.monge_gap(x, t[torch.randperm(15, generator=torch.Generator().manual_seed(0))],
+                             epsilon=0.05, **TIGHT)  # uniform weights: the image measure is unchanged
+    assert scrambled.item() > 0.5  # same image measure, non-optimal pairing
+    with pytest.raises(ValueError, match="shape of x"):
+        LF.monge_gap(x, t[:5])

@@ -1,0 +1,99 @@
+"""sinkhorn_divergence vs geomloss (tensorized) and POT (sinkhorn_log); vendi_score dual vs primal.
+
+    .venv/bin/python benchmarks/transport.py --quick     # n = 500, 2000; d = 3
+    .venv/bin/python benchmarks/transport.py             # + n = 5000, d = 64 (POT skipped above --pot-max)
+
+Same cost (1/2 |x - y|^2, geomloss's p = 2), same epsilon (= blur^2), data: two Gaussian
+clouds. The converged reference value is POT's (tight stopThr) where POT runs, else ours at
+tol 1e-9 in float64; relative errors to it are printed next to the times.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import machine, median_time, print_table  # noqa: E402
+
+from losslab.functional import sinkhorn_divergence, vendi_score  # noqa: E402
+from losslab.functional.transport import pairwise_cost  # noqa: E402
+
+
+def pot_divergence(x, y, eps):
+    import numpy as np
+    import ot
+
+    def val(u, v):
+        C = pairwise_cost(u, v, "half_sqeuclidean").numpy()
+        a = np.full(u.shape[0], 1.0 / u.shape[0])
+        b = np.full(v.shape[0], 1.0 / v.shape[0])
+        # POT returns <P, C>; the entropic value adds eps * KL(P || a b^T).
+        P = ot.sinkhorn(a, b, C, reg=eps, method="sinkhorn_log", numItermax=100000, stopThr=1e-9)
+        P = np.maximum(P, 1e-300)
+        return float((P * C).sum() + eps * (P * np.log(P / np.outer(a, b))).sum())
+
+    return val(x, y) - 0.5 * (val(x, x) + val(y, y))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--eps", type=float, default=0.05)
+    ap.add_argument("--pot-max", type=int, default=2000, help="largest n for POT (slow)")
+    args = ap.parse_args()
+    import geomloss
+
+    sizes = [(500, 3), (2000, 3)] if args.quick else [(500, 3), (2000, 3), (2000, 64), (5000, 3)]
+    print(f"# sinkhorn_divergence, eps = {args.eps} on 1/2|x-y|^2; {machine()}")
+    rows = []
+    for n, d in sizes:
+        g = torch.Generator().manual_seed(0)
+        x64 = torch.randn(n, d, generator=g, dtype=torch.float64)
+        y64 = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.7 + 0.5
+        if n <= args.pot_max:
+            t0 = time.perf_counter()
+            ref = pot_divergence(x64, y64, args.eps)
+            t_pot = time.perf_counter() - t0
+        else:
+            ref, t_pot = float(sinkhorn_divergence(x64, y64, epsilon=args.eps, cost="half_sqeuclidean",
+                                                   tol=1e-9, max_iter=100000, scaling=0.9)), None
+        for dtype in (torch.float64, torch.float32):
+            x, y = x64.to(dtype), y64.to(dtype)
+            ours = lambda: sinkhorn_divergence(x, y, epsilon=args.eps, cost="half_sqeuclidean", tol=1e-5,
+                                               max_iter=100000, scaling=0.9)
+            peer = geomloss.SamplesLoss("sinkhorn", p=2, blur=args.eps**0.5, debias=True, scaling=0.9,
+                                        backend="tensorized")
+            theirs = lambda: peer(x, y)
+            t_ours = median_time(ours, warmup=1, repeat=3)
+            t_geo = median_time(theirs, warmup=1, repeat=3)
+            rows.append({"n": n, "d": d, "dtype": str(dtype).replace("torch.", ""),
+                         "losslab s": t_ours, "geomloss s": t_geo, "POT s": t_pot,
+                         "losslab/geomloss": t_ours / t_geo, "POT/losslab": (t_pot / t_ours) if t_pot else None,
+                         "losslab rel.err": abs(float(ours()) - ref) / abs(ref),
+                         "geomloss rel.err": abs(float(theirs()) - ref) / abs(ref)})
+            print("  ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    print_table(rows, ["n", "d", "dtype", "losslab s", "geomloss s", "POT s", "losslab/geomloss", "POT/losslab",
+                       "losslab rel.err", "geomloss rel.err"])
+    print("(POT timed once, float64; reference = POT where it ran, else losslab at tol 1e-9)")
+
+    print(f"\n# vendi_score: d x d dual (used when n > d) vs the n x n primal eigendecomposition; {machine()}")
+    vrows = []
+    for n in ([1000, 2000] if args.quick else [1000, 2000, 4000]):
+        x = torch.randn(n, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        xn = torch.nn.functional.normalize(x, dim=-1)
+        t_dual = median_time(lambda: vendi_score(x), warmup=1, repeat=5)
+        t_primal = median_time(lambda: torch.linalg.eigvalsh(xn @ xn.T / n), warmup=0, repeat=3)
+        vrows.append({"n": n, "d": 64, "dual s": t_dual, "primal s": t_primal, "speed-up": t_primal / t_dual})
+    x = torch.randn(20000, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    vrows.append({"n": 20000, "d": 64, "dual s": median_time(lambda: vendi_score(x), warmup=1, repeat=5),
+                  "primal s": None, "speed-up": None})
+    print_table(vrows, ["n", "d", "dual s", "primal s", "speed-up"])
+    print("(primal at n = 20000 not run: a 20000 x 20000 float64 eigendecomposition needs 3.2 GB and O(n^3) time)")
+
+
+if __name__ == "__main__":
+    main()
