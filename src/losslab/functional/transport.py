@@ -58,6 +58,20 @@ def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: str | Callable = "sqeu
     raise ValueError(f"cost must be one of {COSTS} or a callable, got {cost!r}")
 
 
+def paired_cost(x: torch.Tensor, y: torch.Tensor, cost: str | Callable = "sqeuclidean") -> torch.Tensor:
+    """Cost ``c(x_i, y_i)`` between matched rows ``(…, n, d)`` -> ``(…, n)`` (the diagonal of :func:`pairwise_cost`)."""
+    if callable(cost):
+        return torch.diagonal(cost(x, y), dim1=-2, dim2=-1)
+    d2 = (x - y).square().sum(-1)
+    if cost == "sqeuclidean":
+        return d2
+    if cost == "half_sqeuclidean":
+        return 0.5 * d2
+    if cost == "euclidean":
+        return torch.sqrt(d2.clamp_min(torch.finfo(d2.dtype).tiny))
+    raise ValueError(f"cost must be one of {COSTS} or a callable, got {cost!r}")
+
+
 @dataclass
 class SinkhornResult:
     """Output of :func:`sinkhorn`; tensors have the batch shape ``(B,)`` or ``()``."""
@@ -467,10 +481,6 @@ def monge_gap(
     dtype = compute_dtype(x, mapped)
     xc, tc = upcast(x, dtype), upcast(mapped, dtype)
     a_ = _weights(a, xc.shape[:-1], "a", dtype, xc.device)
-    if callable(cost):
-        disp = torch.diagonal(cost(xc, tc), dim1=-2, dim2=-1)
-    else:
-        d2 = (xc - tc).square().sum(-1)
-        disp = {"sqeuclidean": d2, "half_sqeuclidean": 0.5 * d2, "euclidean": torch.sqrt(d2.clamp_min(torch.finfo(dtype).tiny))}[cost]
+    disp = paired_cost(xc, tc, cost)
     ot_value = sinkhorn(xc, tc, a=a_, b=a_, epsilon=epsilon, cost=cost, max_iter=max_iter, tol=tol, scaling=scaling).value
     return (a_ * disp).sum(-1) - ot_value
