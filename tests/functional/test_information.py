@@ -73,3 +73,35 @@ def test_vendi_bad_input():
         LF.vendi_score_from_kernel(torch.eye(3) * 2)
     with pytest.raises(ValueError, match="square"):
         LF.vendi_score_from_kernel(torch.ones(3, 4))
+
+
+def test_conditional_mutual_information_matches_loop():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(12, 4, generator=g, dtype=F64) * 2
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 3, 3, 0, 1])
+    p = torch.softmax(z / 1.5, -1).numpy()
+    per = []
+    for i in range(12):
+        q = p[(y == y[i]).numpy()].mean(0)
+        per.append(float((p[i] * np.log(p[i] / q)).sum()))
+    out = LF.conditional_mutual_information(z, y, temperature=1.5, reduction="none")
+    np.testing.assert_allclose(out.numpy(), per, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(LF.conditional_mutual_information(z, y, temperature=1.5).item(), np.mean(per), rtol=1e-10)
+
+
+def test_cs_qmi_matches_loop_and_is_nonnegative():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(10, 2, generator=g, dtype=F64)
+    t = x[:, :1] + 0.5 * torch.randn(10, 1, generator=g, dtype=F64)
+    kx = np.exp(-((x.numpy()[:, None] - x.numpy()[None]) ** 2).sum(-1) / (2 * 1.2**2))
+    kt = np.exp(-((t.numpy()[:, None] - t.numpy()[None]) ** 2).sum(-1) / (2 * 0.7**2))
+    n = 10
+    ref = (math.log((kx * kt).sum() / n**2) + math.log(kx.sum() * kt.sum() / n**4)
+           - 2 * math.log((kx.sum(1) * kt.sum(1)).sum() / n**3))
+    np.testing.assert_allclose(LF.cs_quadratic_mutual_information(x, t, sigma_x=1.2, sigma_t=0.7).item(), ref, rtol=1e-10)
+    for seed in range(10):
+        gg = torch.Generator().manual_seed(seed)
+        a, b = torch.randn(15, 3, generator=gg, dtype=F64), torch.randn(15, generator=gg, dtype=F64)
+        assert LF.cs_quadratic_mutual_information(a, b).item() >= -1e-12
+    with pytest.raises(ValueError, match="same number of samples"):
+        LF.cs_quadratic_mutual_information(x, t[:5])

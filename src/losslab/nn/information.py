@@ -5,7 +5,7 @@ from .. import functional as F
 from ..registry import register_module
 from ._base import FunctionalLoss
 
-__all__ = ["Entropy", "VendiScore", "VendiScoreFromKernel"]
+__all__ = ["Entropy", "VendiScore", "VendiScoreFromKernel", "ConditionalMutualInformation", "CSQuadraticMutualInformation"]
 
 
 @register_module("entropy")
@@ -21,3 +21,13 @@ class VendiScore(FunctionalLoss, function=F.vendi_score):
 @register_module("vendi_score_from_kernel")
 class VendiScoreFromKernel(FunctionalLoss, function=F.vendi_score_from_kernel):
     """Module form of :func:`losslab.functional.vendi_score_from_kernel`."""
+
+
+@register_module("conditional_mutual_information")
+class ConditionalMutualInformation(FunctionalLoss, function=F.conditional_mutual_information):
+    """Module form of :func:`losslab.functional.conditional_mutual_information`."""
+
+
+@register_module("cs_quadratic_mutual_information")
+class CSQuadraticMutualInformation(FunctionalLoss, function=F.cs_quadratic_mutual_information):
+    """Module form of :func:`losslab.functional.cs_quadratic_mutual_information`."""
