@@ -112,14 +112,24 @@ def register(
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         key = name or fn.__name__
-        if key in _REGISTRY:
+        if key in _REGISTRY and not _same_definition(_REGISTRY[key].function, fn):
             raise ValueError(f"objective {key!r} is already registered (by {_REGISTRY[key].function.__module__})")
+        module = _REGISTRY[key].module if key in _REGISTRY else None
         _REGISTRY[key] = LossInfo(
-            name=key, family=family, function=fn, reference=reference, seed=seed, example=example, properties=dict(properties)
+            name=key, family=family, function=fn, reference=reference, seed=seed, example=example,
+            properties=dict(properties), module=module,
         )
         return fn
 
     return deco
+
+
+def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """The same function from the same source file, imported twice (e.g. a single-file doctest run)."""
+    try:
+        return a.__qualname__ == b.__qualname__ and inspect.getsourcefile(a) == inspect.getsourcefile(b)
+    except TypeError:
+        return False
 
 
 def register_module(name: str) -> Callable[[type], type]:
@@ -128,7 +138,9 @@ def register_module(name: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         if name not in _REGISTRY:
             raise ValueError(f"cannot attach {cls.__name__}: no objective named {name!r} is registered")
-        if _REGISTRY[name].module is not None:
+        existing = _REGISTRY[name].module
+        if existing is not None and not (existing.__qualname__ == cls.__qualname__
+                                         and inspect.getsourcefile(existing) == inspect.getsourcefile(cls)):
             raise ValueError(f"objective {name!r} already has module {_REGISTRY[name].module.__name__}")
         _REGISTRY[name].module = cls
         return cls
