@@ -1,4 +1,363 @@
-"""contrastive objectives (see CATALOG.md)."""
+"""Contrastive objectives on embeddings (cosine similarity over a temperature) and their diagnostics.
+
+Memory is O(B²): one similarity matrix per call. Distributed gathering of negatives
+(``gather=True``) is not implemented yet.
+"""
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_floating, check_integer, check_ndim, check_positive, check_same_shape, validation_enabled
+from .._numerics import compute_dtype, upcast
+from .._reduction import reduce
+from ..registry import Example, Reference, register
+from ._examples import randint, randn
+
+__all__ = ["info_nce", "nt_xent", "supcon_loss", "alignment", "uniformity", "tolerance"]
+
+BEHAVIOUR_PAPER = Reference(
+    title="Understanding the Behaviour of Contrastive Loss",
+    authors="Feng Wang, Huaping Liu",
+    year=2021,
+    url="https://arxiv.org/abs/2012.09740",
+)
+BEHAVIOUR_SEED = "Understanding the Behaviour of Contrastive Loss"
+CPC_PAPER = Reference(
+    title="Representation Learning with Contrastive Predictive Coding",
+    authors="Aaron van den Oord, Yazhe Li, Oriol Vinyals",
+    year=2018,
+    url="https://arxiv.org/abs/1807.03748",
+)
+SIMCLR_PAPER = Reference(
+    title="A Simple Framework for Contrastive Learning of Visual Representations",
+    authors="Ting Chen, Simon Kornblith, Mohammad Norouzi, Geoffrey Hinton",
+    year=2020,
+    url="https://arxiv.org/abs/2002.05709",
+)
+SUPCON_PAPER = Reference(
+    title="Supervised Contrastive Learning",
+    authors="Prannay Khosla, Piotr Teterwak, Chen Wang, Aaron Sarna, Yonglong Tian, Phillip Isola, Aaron Maschinot, Ce Liu, Dilip Krishnan",
+    year=2020,
+    url="https://arxiv.org/abs/2004.11362",
+)
+ALIGN_UNIFORM_PAPER = Reference(
+    title="Understanding Contrastive Representation Learning through Alignment and Uniformity on the Hypersphere",
+    authors="Tongzhou Wang, Phillip Isola",
+    year=2020,
+    url="https://arxiv.org/abs/2005.10242",
+)
+
+
+def _embeddings(x: torch.Tensor, name: str, dtype) -> torch.Tensor:
+    check_floating(x, name)
+    check_ndim(x, name, 2)
+    return F.normalize(upcast(x, dtype), dim=-1)
+
+
+def _pair_views(n=6, d=4, **kw) -> Example:
+    def make(gen):
+        return (randn(gen, n, d), randn(gen, n, d)), dict(kw)
+
+    def mismatch(gen):
+        return (randn(gen, n, d), randn(gen, n - 1, d)), dict(kw)
+
+    return Example(make=make, mismatch=mismatch, logits=(0, 1))
+
+
+@register("info_nce", family="contrastive", reference=CPC_PAPER, seed=BEHAVIOUR_SEED, example=_pair_views(temperature=0.5),
+          input_kind="embeddings", batch_level=True)
+def info_nce(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    temperature: float = 0.07,
+    symmetric: bool = True,
+    negatives: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""InfoNCE, CLIP style: key i is query i's positive, the other keys (and extra negatives) its negatives.
+
+    With cosine similarities :math:`s_{ij} = \langle \hat q_i, \hat k_j\rangle` (unit vectors),
+
+    .. math::
+        \ell_i = -\log\frac{e^{s_{ii}/\tau}}{\sum_j e^{s_{ij}/\tau} + \sum_m e^{\langle\hat q_i, \hat n_m\rangle/\tau}},
+
+    i.e. cross-entropy over each row of the similarity matrix with target :math:`i` (B − 1
+    in-batch negatives, plus the optional ``negatives``). ``symmetric=True`` averages it with
+    the key→query direction (rows of :math:`S^\top`, without the extra negatives), as CLIP does.
+    For SimCLR's pooled version with 2B − 2 negatives see :func:`nt_xent`.
+
+    Args:
+        query: ``(B, D)`` embeddings (normalized inside).
+        key: ``(B, D)`` embeddings of the positives.
+        temperature: :math:`\tau > 0`.
+        symmetric: average both directions.
+        negatives: optional ``(M, D)`` extra negatives for the query→key direction.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per query).
+
+    Shape:
+        query, key ``(B, D)``; output ``(B,)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import info_nce
+        >>> q = torch.eye(3)
+        >>> info_nce(q, q, temperature=0.1) < 1e-3   # perfectly aligned, orthogonal negatives
+        tensor(True)
+
+    References:
+        van den Oord, Li, Vinyals, "Representation Learning with Contrastive Predictive
+        Coding", 2018, https://arxiv.org/abs/1807.03748; Radford et al., "Learning
+        Transferable Visual Models From Natural Language Supervision" (CLIP), 2021,
+        https://arxiv.org/abs/2103.00020.
+    """
+    check_positive(temperature, "temperature")
+    check_same_shape(query, key, ("query", "key"))
+    dtype = compute_dtype(query, key)
+    q, k = _embeddings(query, "query", dtype), _embeddings(key, "key", dtype)
+    sim = q @ k.T / temperature
+    targets = torch.arange(q.shape[0], device=q.device)
+    rows = sim
+    if negatives is not None:
+        nn_ = _embeddings(negatives, "negatives", dtype)
+        if nn_.shape[1] != q.shape[1]:
+            raise ValueError(f"negatives must have {q.shape[1]} features, got shape {tuple(negatives.shape)}")
+        rows = torch.cat([sim, q @ nn_.T / temperature], dim=1)
+    loss = F.cross_entropy(rows, targets, reduction="none")
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(sim.T, targets, reduction="none"))
+    return reduce(loss, reduction)
+
+
+@register("nt_xent", family="contrastive", reference=SIMCLR_PAPER, seed=BEHAVIOUR_SEED, example=_pair_views(temperature=0.5),
+          input_kind="embeddings", batch_level=True)
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1, reduction: str = "mean") -> torch.Tensor:
+    r"""SimCLR's NT-Xent: both views pooled, each anchor's positive is its other view, 2B − 2 negatives.
+
+    With the 2B unit embeddings :math:`z = [\hat z^{(1)}; \hat z^{(2)}]`, :math:`s_{ab} = \langle z_a, z_b\rangle`
+    and :math:`p(a)` the other view of :math:`a`,
+
+    .. math::
+        \ell_a = -\log\frac{e^{s_{a\,p(a)}/\tau}}{\sum_{b \ne a} e^{s_{ab}/\tau}} .
+
+    Equal to pytorch-metric-learning's ``SelfSupervisedLoss(NTXentLoss(τ), symmetric=True)``,
+    with O(B²) memory (the peer's NT-Xent builds O(B³) intermediates).
+
+    Args:
+        z1, z2: ``(B, D)`` embeddings of the two views (normalized inside).
+        temperature: :math:`\tau > 0`.
+        reduction: ``"mean"`` over the 2B anchors, ``"sum"`` or ``"none"``.
+
+    Shape:
+        z1, z2 ``(B, D)``; output ``(2B,)`` for ``"none"`` (view-1 anchors first), else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import nt_xent
+        >>> nt_xent(torch.eye(4), torch.eye(4), temperature=0.1) < 1e-3
+        tensor(True)
+
+    References:
+        Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive Learning of
+        Visual Representations", ICML 2020, https://arxiv.org/abs/2002.05709.
+    """
+    check_positive(temperature, "temperature")
+    check_same_shape(z1, z2, ("z1", "z2"))
+    dtype = compute_dtype(z1, z2)
+    z = torch.cat([_embeddings(z1, "z1", dtype), _embeddings(z2, "z2", dtype)])
+    b = z1.shape[0]
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+    pos = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
+    loss = F.cross_entropy(sim, pos, reduction="none")
+    return reduce(loss, reduction)
+
+
+def _labelled(n=8, d=4, **kw) -> Example:
+    def make(gen):
+        return (randn(gen, n, d), torch.tensor([0, 1, 2, 0, 1, 2, 0, 3])), dict(kw)
+
+    def mismatch(gen):
+        return (randn(gen, n, d), randint(gen, 3, n - 1)), dict(kw)
+
+    return Example(make=make, mismatch=mismatch, logits=(0,))
+
+
+def _check_labels(embeddings, labels):
+    check_integer(labels, "labels")
+    if labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"labels must have shape ({embeddings.shape[0]},) (one per embedding), got {tuple(labels.shape)}")
+
+
+@register("supcon_loss", family="contrastive", reference=SUPCON_PAPER, seed=BEHAVIOUR_SEED, example=_labelled(temperature=0.5),
+          input_kind="embeddings", batch_level=True)
+def supcon_loss(
+    embeddings: torch.Tensor, labels: torch.Tensor, *, temperature: float = 0.1, reduction: str = "mean"
+) -> torch.Tensor:
+    r"""Supervised contrastive loss: every same-label sample is a positive (SupCon "out" form).
+
+    For anchor :math:`i` with positives :math:`P(i) = \{p \ne i: y_p = y_i\}`,
+
+    .. math::
+        \ell_i = -\frac{1}{|P(i)|}\sum_{p \in P(i)} \log\frac{e^{s_{ip}/\tau}}{\sum_{a \ne i} e^{s_{ia}/\tau}} .
+
+    ``"mean"`` averages over anchors that have a positive, as pytorch-metric-learning's
+    ``SupConLoss`` does; anchors without one contribute 0 to ``"none"``/``"sum"``. A batch in
+    which no anchor has a positive gives 0 and a ``UserWarning`` (when validation is on).
+
+    Args:
+        embeddings: ``(N, D)`` (normalized inside).
+        labels: ``(N,)`` integer labels.
+        temperature: :math:`\tau > 0`.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        embeddings ``(N, D)``, labels ``(N,)``; output ``(N,)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import supcon_loss
+        >>> e = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]])
+        >>> supcon_loss(e, torch.tensor([0, 0, 1, 1]), temperature=0.1) < 1e-3
+        tensor(True)
+
+    References:
+        Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020,
+        https://arxiv.org/abs/2004.11362.
+    """
+    check_positive(temperature, "temperature")
+    e = _embeddings(embeddings, "embeddings", compute_dtype(embeddings))
+    _check_labels(embeddings, labels)
+    n = e.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=e.device)
+    sim = (e @ e.T / temperature).masked_fill(eye, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye
+    n_pos = pos.sum(1)
+    zero = torch.zeros((), dtype=e.dtype, device=e.device)
+    loss = -torch.where(pos, log_prob, zero).sum(1) / n_pos.clamp_min(1).to(e.dtype)
+    has_pos = n_pos > 0
+    if validation_enabled() and n > 0 and not bool(has_pos.any()):
+        warnings.warn("supcon_loss: no anchor has a positive (every label is unique); the loss is 0", UserWarning,
+                      stacklevel=2)
+    return reduce(loss, reduction, mask=has_pos)
+
+
+@register("alignment", family="contrastive", reference=ALIGN_UNIFORM_PAPER, seed=BEHAVIOUR_SEED,
+          example=_pair_views(alpha=2.0), input_kind="embeddings", module_required=False)
+def alignment(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 2.0, reduction: str = "mean") -> torch.Tensor:
+    r"""Alignment of positive pairs: the mean of ‖x̂_i − ŷ_i‖^α over unit-normalized pairs (lower is better).
+
+    .. math:: \mathcal L_{\text{align}} = \frac1n\sum_i \|\hat x_i - \hat y_i\|_2^{\alpha}
+
+    Args:
+        x, y: ``(n, D)`` embeddings of positive pairs (normalized inside).
+        alpha: :math:`\alpha > 0` (2 in the paper).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        output ``(n,)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import alignment
+        >>> alignment(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))   # |e1 - e2|^2
+        tensor(2.0000)
+
+    References:
+        Wang & Isola, "Understanding Contrastive Representation Learning through Alignment
+        and Uniformity on the Hypersphere", ICML 2020, https://arxiv.org/abs/2005.10242.
+    """
+    check_positive(alpha, "alpha")
+    check_same_shape(x, y, ("x", "y"))
+    dtype = compute_dtype(x, y)
+    d = _embeddings(x, "x", dtype) - _embeddings(y, "y", dtype)
+    # |d|^alpha from the squared norm, floored so that identical pairs keep a finite gradient.
+    sq = d.square().sum(-1)
+    return reduce(sq.clamp_min(torch.finfo(dtype).tiny).pow(alpha / 2) * (sq > 0), reduction)
+
+
+def _single_view(n=7, d=3, **kw) -> Example:
+    def make(gen):
+        return (randn(gen, n, d),), dict(kw)
+
+    def mismatch(gen):
+        return (randn(gen, n),), dict(kw)
+
+    return Example(make=make, mismatch=mismatch, logits=(0,))
+
+
+@register("uniformity", family="contrastive", reference=ALIGN_UNIFORM_PAPER, seed=BEHAVIOUR_SEED,
+          example=_single_view(t=2.0), input_kind="embeddings", module_required=False, batch_level=True)
+def uniformity(x: torch.Tensor, *, t: float = 2.0) -> torch.Tensor:
+    r"""Uniformity on the hypersphere: log of the mean Gaussian potential over distinct pairs (lower is more uniform).
+
+    .. math:: \mathcal L_{\text{uniform}} = \log\frac{2}{n(n-1)}\sum_{i<j} e^{-t\|\hat x_i - \hat x_j\|^2}
+
+    computed as a ``logsumexp`` (finite even when every pair is far apart).
+
+    Args:
+        x: ``(n, D)`` embeddings (normalized inside), :math:`n \ge 2`.
+        t: :math:`t > 0` (2 in the paper).
+
+    Shape:
+        output a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import uniformity
+        >>> uniformity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))   # antipodal: -t * 4
+        tensor(-8.)
+
+    References:
+        Wang & Isola, ICML 2020, https://arxiv.org/abs/2005.10242.
+    """
+    check_positive(t, "t")
+    e = _embeddings(x, "x", compute_dtype(x))
+    n = e.shape[0]
+    if n < 2:
+        raise ValueError(f"uniformity needs at least 2 embeddings, got {n}")
+    iu = torch.triu_indices(n, n, offset=1, device=e.device)
+    sq = (2 - 2 * (e @ e.T)).clamp_min(0)[iu[0], iu[1]]  # |a - b|^2 = 2 - 2 <a, b> on the sphere
+    return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())
+
+
+@register("tolerance", family="contrastive", reference=BEHAVIOUR_PAPER, seed=BEHAVIOUR_SEED,
+          example=_labelled(), input_kind="embeddings", module_required=False, batch_level=True)
+def tolerance(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""Tolerance to semantically similar samples: mean cosine similarity of distinct same-class pairs.
+
+    .. math:: T = \frac{1}{|\{(i, j): i \ne j, y_i = y_j\}|}\sum_{i \ne j,\, y_i = y_j} \langle \hat f_i, \hat f_j\rangle
+
+    High tolerance means same-class samples stay close; Wang & Liu show that a small
+    temperature makes contrastive representations more uniform but less tolerant. 0 when no
+    class has two samples.
+
+    Args:
+        features: ``(n, D)`` (normalized inside).
+        labels: ``(n,)`` integer labels (used only for the metric, not for training).
+
+    Shape:
+        output a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import tolerance
+        >>> tolerance(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 0, 1]))
+        tensor(0.)
+
+    References:
+        Wang & Liu, "Understanding the Behaviour of Contrastive Loss", CVPR 2021,
+        https://arxiv.org/abs/2012.09740.
+    """
+    e = _embeddings(features, "features", compute_dtype(features))
+    _check_labels(features, labels)
+    n = e.shape[0]
+    same = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~torch.eye(n, dtype=torch.bool, device=e.device)
+    total = torch.where(same, e @ e.T, torch.zeros((), dtype=e.dtype, device=e.device)).sum()
+    count = same.sum().to(e.dtype)
+    return total / torch.where(count == 0, torch.ones_like(count), count)

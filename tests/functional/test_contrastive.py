@@ -1,0 +1,93 @@
+"""Contrastive objectives against pytorch-metric-learning and loops over the definitions."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from losslab import functional as LF
+
+F64 = torch.float64
+
+
+def _views(seed=0, b=6, d=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, d, generator=g, dtype=F64), torch.randn(b, d, generator=g, dtype=F64)
+
+
+def test_nt_xent_equals_pml_self_supervised_symmetric():
+    losses = pytest.importorskip("pytorch_metric_learning.losses")
+    z1, z2 = _views()
+    for tau in (0.07, 0.5):
+        ref = losses.SelfSupervisedLoss(losses.NTXentLoss(temperature=tau), symmetric=True)(z1, z2)
+        torch.testing.assert_close(LF.nt_xent(z1, z2, temperature=tau), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_supcon_equals_pml():
+    losses = pytest.importorskip("pytorch_metric_learning.losses")
+    g = torch.Generator().manual_seed(1)
+    e = torch.randn(10, 4, generator=g, dtype=F64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 3, 1, 4])  # classes 3 and 4 have no positive
+    for tau in (0.1, 0.7):
+        torch.testing.assert_close(LF.supcon_loss(e, y, temperature=tau), losses.SupConLoss(temperature=tau)(e, y),
+                                   rtol=1e-10, atol=1e-12)
+    none = LF.supcon_loss(e, y, reduction="none")
+    assert none[7] == 0 and none[9] == 0
+
+
+def test_info_nce_is_cross_entropy_on_similarity_rows():
+    q, k = _views(2)
+    tau = 0.2
+    s = TF.normalize(q, dim=-1) @ TF.normalize(k, dim=-1).T / tau
+    t = torch.arange(6)
+    rows = [-(s[i, i] - torch.logsumexp(s[i], 0)).item() for i in range(6)]
+    cols = [-(s[i, i] - torch.logsumexp(s[:, i], 0)).item() for i in range(6)]
+    np.testing.assert_allclose(LF.info_nce(q, k, temperature=tau, symmetric=False, reduction="none").numpy(), rows, rtol=1e-12)
+    np.testing.assert_allclose(LF.info_nce(q, k, temperature=tau, reduction="none").numpy(),
+                               0.5 * (np.array(rows) + np.array(cols)), rtol=1e-12)
+    neg = torch.randn(3, 5, generator=torch.Generator().manual_seed(9), dtype=F64)
+    extra = TF.normalize(q, dim=-1) @ TF.normalize(neg, dim=-1).T / tau
+    torch.testing.assert_close(LF.info_nce(q, k, temperature=tau, symmetric=False, negatives=neg),
+                               TF.cross_entropy(torch.cat([s, extra], 1), t))
+
+
+def test_alignment_uniformity_tolerance_match_loops():
+    x, y = _views(3, b=7)
+    xn, yn = TF.normalize(x, dim=-1).numpy(), TF.normalize(y, dim=-1).numpy()
+    np.testing.assert_allclose(LF.alignment(x, y, alpha=2).item(), np.mean(((xn - yn) ** 2).sum(-1)), rtol=1e-12)
+    np.testing.assert_allclose(LF.alignment(x, y, alpha=1).item(), np.mean(np.sqrt(((xn - yn) ** 2).sum(-1))), rtol=1e-12)
+    pairs = [math.exp(-2 * ((xn[i] - xn[j]) ** 2).sum()) for i in range(7) for j in range(i + 1, 7)]
+    np.testing.assert_allclose(LF.uniformity(x, t=2).item(), math.log(np.mean(pairs)), rtol=1e-10)
+    labels = torch.tensor([0, 1, 0, 1, 2, 0, 3])
+    sims = [float(xn[i] @ xn[j]) for i in range(7) for j in range(7) if i != j and labels[i] == labels[j]]
+    np.testing.assert_allclose(LF.tolerance(x, labels).item(), np.mean(sims), rtol=1e-12)
+
+
+def test_alignment_of_identical_pairs_has_finite_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    out = LF.alignment(x, x.detach().clone(), alpha=1.0)
+    out.backward()
+    assert out.item() == 0.0 and torch.isfinite(x.grad).all()
+
+
+def test_memory_is_quadratic_not_cubic():
+    """B = 2048 pooled views: one (4096 x 4096) matrix; a cubic intermediate would need 550 GB."""
+    z = torch.randn(2048, 32)
+    out = LF.nt_xent(z, z + 0.1 * torch.randn(2048, 32))
+    assert torch.isfinite(out)
+
+
+def test_bad_input_and_no_positive_warning():
+    x, y = _views()
+    with pytest.raises(ValueError, match="temperature"):
+        LF.nt_xent(x, y, temperature=0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        LF.info_nce(x, y[:4])
+    with pytest.raises(ValueError, match="labels must have shape"):
+        LF.supcon_loss(x, torch.tensor([0, 1]))
+    with pytest.warns(UserWarning, match="no anchor has a positive"):
+        out = LF.supcon_loss(x, torch.arange(6))
+    assert out.item() == 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        LF.uniformity(x[:1])
