@@ -1,19 +1,122 @@
-"""Rank-safe collectives for objectives whose value or state depends on the whole batch.
+r"""Rank-safe collectives for objectives whose value or state depends on the whole batch.
 
-Single-process use (``torch.distributed`` not initialized, or world size 1) makes every
-function here the identity, so objectives call them unconditionally.
+Single-process use (``torch.distributed`` not available, not initialized, or a group of
+one rank) makes every function here the identity, so objectives call them unconditionally.
+
+Exact distributed objectives
+----------------------------
+A batch-level objective (contrastive negatives, pairwise ranking, ...) trained on
+:math:`W` ranks, rank :math:`r` holding :math:`n_r` samples (sizes may differ, total
+:math:`N = \sum_r n_r`), should behave exactly like single-process training on the
+concatenated batch, whose loss is :math:`L = \frac1N \sum_{i=1}^{N} \ell_i(Z)` with
+:math:`Z` the concatenated embeddings. The rule used by every ``gather=True`` objective:
+
+1. :func:`gather` concatenates the embeddings of every rank (rank order) so that every
+   rank sees all :math:`N` candidates; each rank evaluates :math:`\ell_i` only for its
+   *own* anchors (rows of the gathered tensor, never the local tensor directly, so that
+   every gradient path goes through :func:`gather`).
+2. Each rank returns :math:`L_r = \frac{W}{N}\sum_{i \in r}\ell_i` for ``"mean"``
+   (:math:`N` the *global* count of anchors, or of kept anchors / total weight), and
+   :math:`W\sum_{i\in r}\ell_i` for ``"sum"``. Then :math:`\frac1W\sum_r L_r = L`: the
+   mean of the per-rank values (what a logger averaging over ranks reports) is the
+   single-process value, also for uneven :math:`n_r`. ``"none"`` returns the unscaled
+   :math:`\ell_i` of the local anchors: their concatenation over ranks equals the
+   single-process ``"none"`` output (reduce them yourself with the same rule; with equal
+   local sizes :math:`W/N = 1/n_r`, i.e. a plain local ``.mean()``).
+3. The backward of :func:`gather` *sums* (all-reduce) the incoming gradients of all ranks
+   and hands each rank the slice of its own shard, unscaled. The gradient that reaches
+   rank :math:`r`'s local embeddings is therefore
+   :math:`\sum_s \partial L_s/\partial z_r = W\,\partial L/\partial z_r`, and after
+   DistributedDataParallel *averages* the parameter gradients over the :math:`W` ranks the
+   model receives :math:`\frac1W\sum_r W\,\frac{\partial L}{\partial z_r}\frac{\partial z_r}{\partial\theta}
+   = \partial L/\partial\theta`, the single-process gradient.
+
+Every rank must take part in every collective: call the objective (and ``backward``) on
+all ranks. A shape or dtype disagreement between ranks (other than dim 0) raises
+``ValueError`` on every rank, after one fixed-size exchange of the shapes, so no rank is
+left waiting.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "gather_no_grad"]
+__all__ = ["is_distributed", "world_size", "rank", "gather", "gather_no_grad", "gather_sizes", "local_offset"]
+
+_MAX_DIM = 8
+# dtype codes exchanged with the shapes (index + 1; 0 = unknown dtype).
+_DTYPES = (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+    torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
+)
 
 
 def is_distributed(group=None) -> bool:
-    """True when ``torch.distributed`` is initialized with more than one rank."""
+    """True when ``torch.distributed`` is initialized and ``group`` (default: world) has more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def world_size(group=None) -> int:
+    """Number of ranks in ``group`` (1 when not distributed)."""
+    return dist.get_world_size(group) if is_distributed(group) else 1
+
+
+def rank(group=None) -> int:
+    """This process's rank in ``group`` (0 when not distributed)."""
+    return dist.get_rank(group) if is_distributed(group) else 0
+
+
+def _exchange_shapes(t: torch.Tensor, group) -> list[int]:
+    """All-gather (dtype, ndim, shape) with a fixed-size message; raise on every rank on mismatch.
+
+    Returns the dim-0 size of every rank, in rank order.
+    """
+    world = dist.get_world_size(group)
+    meta = torch.full((2 + _MAX_DIM,), -1, dtype=torch.long)
+    meta[0] = _DTYPES.index(t.dtype) + 1 if t.dtype in _DTYPES else 0
+    if 1 <= t.dim() <= _MAX_DIM:
+        meta[1] = t.dim()
+        meta[2 : 2 + t.dim()] = torch.tensor(t.shape, dtype=torch.long)
+    else:  # scalars and > 8 dims are exchanged as "invalid" so that every rank raises together
+        meta[1] = -1
+    # gloo and mpi communicate CPU tensors; NCCL needs the tensor on the device.
+    backend = dist.get_backend(group)
+    if backend == "nccl":
+        meta = meta.to(t.device)
+    metas = [torch.empty_like(meta) for _ in range(world)]
+    dist.all_gather(metas, meta, group=group)
+    rows = torch.stack(metas).cpu().tolist()
+    shapes = [tuple(m[2 : 2 + m[1]]) if m[1] >= 1 else None for m in rows]
+    dtypes = [_DTYPES[m[0] - 1] if m[0] > 0 else None for m in rows]
+    if any(s is None for s in shapes):
+        raise ValueError(f"gather: every rank must pass a tensor with 1 to {_MAX_DIM} dimensions, got shapes {shapes}")
+    if any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:] for s in shapes) or any(d != dtypes[0] for d in dtypes):
+        seen = ", ".join(f"rank {i}: {s} {d}" for i, (s, d) in enumerate(zip(shapes, dtypes)))
+        raise ValueError(
+            f"gather: every rank must pass the same dtype and the same shape except in dim 0, got {seen}"
+        )
+    return [s[0] for s in shapes]
+
+
+def _all_gather_padded(t: torch.Tensor, sizes: list[int], group) -> torch.Tensor:
+    world = len(sizes)
+    pad = max(sizes)
+    t = t.contiguous()
+    if t.shape[0] != pad:  # pad to the largest shard: all_gather needs equal shapes
+        padded = t.new_zeros((pad, *t.shape[1:]))
+        padded[: t.shape[0]] = t
+    else:
+        padded = t
+    out = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded, group=group)
+    return torch.cat([o[:n] for o, n in zip(out, sizes)], dim=0)
+
+
+def gather_sizes(tensor: torch.Tensor, *, group=None) -> list[int]:
+    """Dim-0 sizes of ``tensor`` on every rank (after the cross-rank shape/dtype check)."""
+    if not is_distributed(group):
+        return [tensor.shape[0]] if tensor.dim() > 0 else [1]
+    return _exchange_shapes(tensor, group)
 
 
 def gather_no_grad(tensor: torch.Tensor, *, group=None) -> torch.Tensor:
@@ -21,26 +124,62 @@ def gather_no_grad(tensor: torch.Tensor, *, group=None) -> torch.Tensor:
 
     Local sizes along dim 0 may differ between ranks (they are exchanged first and the
     shards padded to the largest); all other dimensions and the dtype must agree, and a
-    mismatch raises ``ValueError`` on every rank (after one exchange of shapes, so no rank
-    is left waiting).
+    mismatch raises ``ValueError`` on every rank. Used to synchronise state (labels,
+    indices, per-sample buffers). Identity (detached) when not distributed.
     """
     if not is_distributed(group):
         return tensor.detach()
-    world = dist.get_world_size(group)
-    t = tensor.detach().contiguous()
-    # Exchange (ndim, sizes...) padded to a fixed length so that every rank can check them.
-    meta = torch.full((9,), -1, dtype=torch.long, device=t.device)
-    meta[0] = t.dim()
-    meta[1 : 1 + t.dim()] = torch.tensor(t.shape, dtype=torch.long)
-    metas = [torch.empty_like(meta) for _ in range(world)]
-    dist.all_gather(metas, meta, group=group)
-    shapes = [tuple(int(v) for v in m[1 : 1 + int(m[0])]) for m in metas]
-    if any(len(s) != t.dim() or s[1:] != tuple(t.shape[1:]) for s in shapes):
-        raise ValueError(f"gather: every rank must pass the same shape except dim 0, got {shapes}")
-    sizes = [s[0] for s in shapes]
-    pad = max(sizes)
-    padded = torch.zeros((pad, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    out = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(out, padded, group=group)
-    return torch.cat([o[:n] for o, n in zip(out, sizes)], dim=0)
+    t = tensor.detach()
+    sizes = _exchange_shapes(t, group)
+    return _all_gather_padded(t, sizes, group)
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, group, sizes):
+        ctx.group, ctx.sizes = group, sizes
+        ctx.rank = dist.get_rank(group)
+        return _all_gather_padded(tensor.detach(), sizes, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Sum the gradients every rank computed w.r.t. the gathered tensor, then keep our
+        # own shard. No 1/W: the per-rank losses carry the factor W (module docstring).
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        lo = sum(ctx.sizes[: ctx.rank])
+        return grad[lo : lo + ctx.sizes[ctx.rank]], None, None
+
+
+def gather(tensor: torch.Tensor, *, group=None) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0 (rank order), with gradients to the owners.
+
+    Uneven dim-0 sizes are supported. The backward all-reduces (sums) the gradient of the
+    gathered tensor over ranks and returns this rank's slice; see the module docstring for
+    the loss scaling that makes DDP training exact. Every rank must call it (and later
+    ``backward``). A shape/dtype mismatch between ranks raises ``ValueError`` on every
+    rank. Identity when not distributed.
+
+    Args:
+        tensor: local shard ``(n_r, *)``.
+        group: process group (default: the world).
+
+    Shape:
+        output ``(sum_r n_r, *)``.
+    """
+    if not is_distributed(group):
+        return tensor
+    sizes = _exchange_shapes(tensor, group)
+    return _Gather.apply(tensor, group, sizes)
+
+
+def local_offset(local_size: int, *, group=None) -> tuple[int, int]:
+    """``(offset, total)``: where this rank's ``local_size`` rows start in a gathered batch, and its length.
+
+    One small all-gather of the sizes; ``(0, local_size)`` when not distributed.
+    """
+    if not is_distributed(group):
+        return 0, int(local_size)
+    sizes = _exchange_shapes(torch.empty((int(local_size),), dtype=torch.int8), group)
+    r = dist.get_rank(group)
+    return sum(sizes[:r]), sum(sizes)

@@ -1,7 +1,9 @@
 """Contrastive objectives on embeddings (cosine similarity over a temperature) and their diagnostics.
 
-Memory is O(B²): one similarity matrix per call. Distributed gathering of negatives
-(``gather=True``) is not implemented yet.
+Memory is O(B²): one similarity matrix per call. With ``gather=True`` every rank
+contrasts its local anchors with the embeddings of all ranks and scales its loss so that
+distributed training is exactly single-process training on the concatenated batch (see
+:mod:`losslab.distributed`).
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_floating, check_integer, check_ndim, check_positive, check_same_shape, validation_enabled
+from .._checks import check_reduction, check_floating, check_integer, check_ndim, check_positive, check_same_shape, validation_enabled
 from .._numerics import compute_dtype, upcast
 from .._reduction import reduce
+from ..distributed import gather as _gather
+from ..distributed import gather_no_grad, rank_and_world
 from ..registry import Example, Reference, register
 from ._examples import randint, randn
 
@@ -52,6 +56,24 @@ ALIGN_UNIFORM_PAPER = Reference(
 )
 
 
+def _layout(n_local: int, group, device) -> tuple[int, int, int]:
+    """(world size, this rank's offset in the gathered batch, total size) — (1, 0, n) alone."""
+    rank, world = rank_and_world(group)
+    if world == 1:
+        return 1, 0, n_local
+    sizes = gather_no_grad(torch.tensor([n_local], device=device), group=group)
+    return world, int(sizes[:rank].sum()), int(sizes.sum())
+
+
+def _reduce_gathered(loss: torch.Tensor, reduction: str, world: int, denom: int) -> torch.Tensor:
+    """The exactness rule: W * local sum (/ global count for "mean"); "none" stays local."""
+    check_reduction(reduction)
+    if reduction == "none":
+        return loss
+    total = loss.sum() * world
+    return total if reduction == "sum" else total / max(denom, 1)
+
+
 def _embeddings(x: torch.Tensor, name: str, dtype) -> torch.Tensor:
     check_floating(x, name)
     check_ndim(x, name, 2)
@@ -77,6 +99,8 @@ def info_nce(
     temperature: float = 0.07,
     symmetric: bool = True,
     negatives: torch.Tensor | None = None,
+    gather: bool = False,
+    group=None,
     reduction: str = "mean",
 ) -> torch.Tensor:
     r"""InfoNCE, CLIP style: key i is query i's positive, the other keys (and extra negatives) its negatives.
@@ -96,8 +120,11 @@ def info_nce(
         key: ``(B, D)`` embeddings of the positives.
         temperature: :math:`\tau > 0`.
         symmetric: average both directions.
-        negatives: optional ``(M, D)`` extra negatives for the query→key direction.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per query).
+        negatives: optional ``(M, D)`` extra negatives for the query→key direction (local,
+            not gathered).
+        gather: contrast with the queries and keys of every rank (exact under DDP, uneven
+            batch sizes allowed); ``group``: the process group.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per local query).
 
     Shape:
         query, key ``(B, D)``; output ``(B,)`` for ``"none"``, else a scalar.
@@ -119,8 +146,10 @@ def info_nce(
     check_same_shape(query, key, ("query", "key"))
     dtype = compute_dtype(query, key)
     q, k = _embeddings(query, "query", dtype), _embeddings(key, "key", dtype)
-    sim = q @ k.T / temperature
-    targets = torch.arange(q.shape[0], device=q.device)
+    world, offset, total = _layout(q.shape[0], group, q.device) if gather else (1, 0, q.shape[0])
+    keys, queries = (_gather(k, group=group), _gather(q, group=group)) if world > 1 else (k, q)
+    sim = q @ keys.T / temperature
+    targets = torch.arange(q.shape[0], device=q.device) + offset
     rows = sim
     if negatives is not None:
         nn_ = _embeddings(negatives, "negatives", dtype)
@@ -129,13 +158,24 @@ def info_nce(
         rows = torch.cat([sim, q @ nn_.T / temperature], dim=1)
     loss = F.cross_entropy(rows, targets, reduction="none")
     if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(sim.T, targets, reduction="none"))
+        # key -> query direction: local keys against all queries (= columns of the full matrix)
+        loss = 0.5 * (loss + F.cross_entropy(k @ queries.T / temperature, targets, reduction="none"))
+    if world > 1:
+        return _reduce_gathered(loss, reduction, world, total)
     return reduce(loss, reduction)
 
 
 @register("nt_xent", family="contrastive", reference=SIMCLR_PAPER, seed=BEHAVIOUR_SEED, example=_pair_views(temperature=0.5),
           input_kind="embeddings", batch_level=True)
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1, reduction: str = "mean") -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    gather: bool = False,
+    group=None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     r"""SimCLR's NT-Xent: both views pooled, each anchor's positive is its other view, 2B − 2 negatives.
 
     With the 2B unit embeddings :math:`z = [\hat z^{(1)}; \hat z^{(2)}]`, :math:`s_{ab} = \langle z_a, z_b\rangle`
@@ -150,6 +190,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1, red
     Args:
         z1, z2: ``(B, D)`` embeddings of the two views (normalized inside).
         temperature: :math:`\tau > 0`.
+        gather: pool the views of every rank (exact under DDP, uneven batch sizes allowed);
+            ``group``: the process group.
         reduction: ``"mean"`` over the 2B anchors, ``"sum"`` or ``"none"``.
 
     Shape:
@@ -168,12 +210,19 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1, red
     check_positive(temperature, "temperature")
     check_same_shape(z1, z2, ("z1", "z2"))
     dtype = compute_dtype(z1, z2)
-    z = torch.cat([_embeddings(z1, "z1", dtype), _embeddings(z2, "z2", dtype)])
+    a1, a2 = _embeddings(z1, "z1", dtype), _embeddings(z2, "z2", dtype)
     b = z1.shape[0]
-    sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
-    pos = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
+    world, offset, total = _layout(b, group, a1.device) if gather else (1, 0, b)
+    cand = torch.cat([_gather(a1, group=group), _gather(a2, group=group)]) if world > 1 else torch.cat([a1, a2])
+    anchors = torch.cat([a1, a2])
+    local = torch.arange(b, device=a1.device) + offset
+    own = torch.cat([local, local + total])  # each anchor's own column in the pooled batch
+    pos = torch.cat([local + total, local])  # its other view
+    sim = anchors @ cand.T / temperature
+    sim = sim.masked_fill(torch.nn.functional.one_hot(own, 2 * total).to(torch.bool), float("-inf"))
     loss = F.cross_entropy(sim, pos, reduction="none")
+    if world > 1:
+        return _reduce_gathered(loss, reduction, world, 2 * total)
     return reduce(loss, reduction)
 
 
@@ -196,7 +245,13 @@ def _check_labels(embeddings, labels):
 @register("supcon_loss", family="contrastive", reference=SUPCON_PAPER, seed=BEHAVIOUR_SEED, example=_labelled(temperature=0.5),
           input_kind="embeddings", batch_level=True)
 def supcon_loss(
-    embeddings: torch.Tensor, labels: torch.Tensor, *, temperature: float = 0.1, reduction: str = "mean"
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    gather: bool = False,
+    group=None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     r"""Supervised contrastive loss: every same-label sample is a positive (SupCon "out" form).
 
@@ -213,6 +268,8 @@ def supcon_loss(
         embeddings: ``(N, D)`` (normalized inside).
         labels: ``(N,)`` integer labels.
         temperature: :math:`\tau > 0`.
+        gather: contrast with the embeddings of every rank (exact under DDP, uneven batch
+            sizes allowed); ``group``: the process group.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Shape:
@@ -233,14 +290,19 @@ def supcon_loss(
     e = _embeddings(embeddings, "embeddings", compute_dtype(embeddings))
     _check_labels(embeddings, labels)
     n = e.shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=e.device)
-    sim = (e @ e.T / temperature).masked_fill(eye, float("-inf"))
+    world, offset, total = _layout(n, group, e.device) if gather else (1, 0, n)
+    cand, cand_labels = (_gather(e, group=group), gather_no_grad(labels, group=group)) if world > 1 else (e, labels)
+    eye = torch.nn.functional.one_hot(torch.arange(n, device=e.device) + offset, total).to(torch.bool)
+    sim = (e @ cand.T / temperature).masked_fill(eye, float("-inf"))
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    pos = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye
+    pos = (labels.unsqueeze(1) == cand_labels.unsqueeze(0)) & ~eye
     n_pos = pos.sum(1)
     zero = torch.zeros((), dtype=e.dtype, device=e.device)
     loss = -torch.where(pos, log_prob, zero).sum(1) / n_pos.clamp_min(1).to(e.dtype)
     has_pos = n_pos > 0
+    if world > 1:
+        count = int(gather_no_grad(has_pos.sum().reshape(1), group=group).sum())
+        return _reduce_gathered(torch.where(has_pos, loss, zero), reduction, world, count)
     if validation_enabled() and n > 0 and not bool(has_pos.any()):
         warnings.warn("supcon_loss: no anchor has a positive (every label is unique); the loss is 0", UserWarning,
                       stacklevel=2)

@@ -1,4 +1,4 @@
-"""Entropic optimal transport between weighted point clouds.
+r"""Entropic optimal transport between weighted point clouds.
 
 Conventions (and how to map peers):
 
