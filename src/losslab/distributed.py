@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_size", "rank", "gather", "gather_no_grad", "gather_sizes", "local_offset"]
+__all__ = ["is_distributed", "world_size", "rank", "rank_and_world", "gather", "gather_no_grad", "gather_sizes", "local_offset"]
 
 _MAX_DIM = 8
 # dtype codes exchanged with the shapes (index + 1; 0 = unknown dtype).
@@ -64,6 +64,13 @@ def world_size(group=None) -> int:
 def rank(group=None) -> int:
     """This process's rank in ``group`` (0 when not distributed)."""
     return dist.get_rank(group) if is_distributed(group) else 0
+
+
+def rank_and_world(group=None) -> tuple[int, int]:
+    """``(rank, world size)`` of this process in ``group``; ``(0, 1)`` when not distributed."""
+    if not is_distributed(group):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
 
 
 def _exchange_shapes(t: torch.Tensor, group) -> list[int]:
@@ -93,7 +100,7 @@ def _exchange_shapes(t: torch.Tensor, group) -> list[int]:
     if any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:] for s in shapes) or any(d != dtypes[0] for d in dtypes):
         seen = ", ".join(f"rank {i}: {s} {d}" for i, (s, d) in enumerate(zip(shapes, dtypes)))
         raise ValueError(
-            f"gather: every rank must pass the same dtype and the same shape except in dim 0, got {seen}"
+            f"gather: every rank must pass the same dtype and the same shape except dim 0, got {seen}"
         )
     return [s[0] for s in shapes]
 
