@@ -13,8 +13,8 @@ concatenated batch, whose loss is :math:`L = \frac1N \sum_{i=1}^{N} \ell_i(Z)` w
 
 1. :func:`gather` concatenates the embeddings of every rank (rank order) so that every
    rank sees all :math:`N` candidates; each rank evaluates :math:`\ell_i` only for its
-   *own* anchors (rows of the gathered tensor, never the local tensor directly, so that
-   every gradient path goes through :func:`gather`).
+   *own* anchors. Anchors may be taken from the local tensor directly: only the owning
+   rank has that direct path, so its gradient is already the full term (rule 3).
 2. Each rank returns :math:`L_r = \frac{W}{N}\sum_{i \in r}\ell_i` for ``"mean"``
    (:math:`N` the *global* count of anchors, or of kept anchors / total weight), and
    :math:`W\sum_{i\in r}\ell_i` for ``"sum"``. Then :math:`\frac1W\sum_r L_r = L`: the
