@@ -91,3 +91,78 @@ def test_bad_input_and_no_positive_warning():
     assert out.item() == 0.0
     with pytest.raises(ValueError, match="at least 2"):
         LF.uniformity(x[:1])
+
+
+def _plain_losses(z1, z2, e, y, tau):
+    """The B x B formulations (one full similarity matrix, F.cross_entropy / log_softmax)."""
+    b = z1.shape[0]
+    z = TF.normalize(torch.cat([z1, z2]), dim=1)
+    s = (z @ z.T / tau).masked_fill(torch.eye(2 * b, dtype=torch.bool), float("-inf"))
+    nt = TF.cross_entropy(s, torch.cat([torch.arange(b, 2 * b), torch.arange(b)]))
+    q, k = TF.normalize(z1, dim=1), TF.normalize(z2, dim=1)
+    logits = q @ k.T / tau
+    t = torch.arange(b)
+    info = 0.5 * (TF.cross_entropy(logits, t) + TF.cross_entropy(logits.T, t))
+    en = TF.normalize(e, dim=1)
+    eye = torch.eye(e.shape[0], dtype=torch.bool)
+    lp = torch.log_softmax((en @ en.T / tau).masked_fill(eye, float("-inf")), dim=1)
+    pos = (y[:, None] == y[None, :]) & ~eye
+    per = -torch.where(pos, lp, torch.zeros((), dtype=lp.dtype)).sum(1) / pos.sum(1).clamp_min(1)
+    sup = per[pos.any(1)].mean()
+    return nt, info, sup
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 22])
+def test_blockwise_log_sum_exp_equals_full_matrix_values_and_gradients(monkeypatch, block):
+    """Any block size (1 similarity per block up to the whole matrix) gives the full-matrix values and gradients."""
+    from losslab.functional import contrastive as C
+
+    monkeypatch.setattr(C, "_BLOCK_ELEMS", block)
+    g = torch.Generator().manual_seed(5)
+    z1, z2 = torch.randn(9, 3, generator=g, dtype=F64), torch.randn(9, 3, generator=g, dtype=F64)
+    y = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 4])
+    tau = 0.25
+    leaves = [t.clone().requires_grad_(True) for t in (z1, z2)]
+    ours = (LF.nt_xent(*leaves, temperature=tau), LF.info_nce(*leaves, temperature=tau),
+            LF.supcon_loss(leaves[0], y, temperature=tau))
+    ref_leaves = [t.clone().requires_grad_(True) for t in (z1, z2)]
+    refs = _plain_losses(ref_leaves[0], ref_leaves[1], ref_leaves[0], y, tau)
+    for o, r in zip(ours, refs):
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+        go = torch.autograd.grad(o, leaves, allow_unused=True)
+        gr = torch.autograd.grad(r, ref_leaves, allow_unused=True)
+        for a, b in zip(go, gr):
+            if b is None:
+                assert a is None or torch.count_nonzero(a) == 0
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_info_nce_with_negatives_gradient_matches_cross_entropy():
+    q, k = _views(4)
+    neg = torch.randn(3, 5, generator=torch.Generator().manual_seed(2), dtype=F64)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, neg)]
+    out = LF.info_nce(*leaves[:2], negatives=leaves[2], temperature=0.3)
+    ref_leaves = [t.clone().requires_grad_(True) for t in (q, k, neg)]
+    qn, kn, nn_ = (TF.normalize(t, dim=-1) for t in ref_leaves)
+    s = qn @ kn.T / 0.3
+    t = torch.arange(6)
+    ref = 0.5 * (TF.cross_entropy(torch.cat([s, qn @ nn_.T / 0.3], 1), t) + TF.cross_entropy(s.T, t))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(out, leaves), torch.autograd.grad(ref, ref_leaves)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_not_twice_differentiable_raises_instead_of_silently_wrong():
+    """The block recomputation in backward is not differentiable: create_graph must fail, not drop terms."""
+    z = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not twice differentiable"):
+        torch.autograd.grad(LF.nt_xent(z, z.flip(0)), z, create_graph=True)
+
+
+def test_single_sample_supcon_has_zero_loss_and_finite_gradient():
+    e = torch.randn(1, 3, dtype=F64, requires_grad=True)
+    with pytest.warns(UserWarning, match="no anchor has a positive"):
+        out = LF.supcon_loss(e, torch.tensor([0]))
+    out.backward()
+    assert out.item() == 0.0 and torch.equal(e.grad, torch.zeros_like(e))

@@ -1,9 +1,12 @@
 """Contrastive objectives on embeddings (cosine similarity over a temperature) and their diagnostics.
 
-Memory is O(B²): one similarity matrix per call. With ``gather=True`` every rank
-contrasts its local anchors with the embeddings of all ranks and scales its loss so that
-distributed training is exactly single-process training on the concatenated batch (see
-:mod:`losslab.distributed`).
+Memory is O(B·D) saved for backward plus one block of at most ``_BLOCK_ELEMS`` similarities
+at a time: ``info_nce``, ``nt_xent`` and ``supcon_loss`` share :class:`_RowLogSumExp`, which
+computes each anchor's log-sum-exp over its candidates block by block, keeps only the
+per-row values, and recomputes the similarity blocks in backward (the B × B matrix is never
+stored). With ``gather=True`` every rank contrasts its local anchors with the embeddings of
+all ranks and scales its loss so that distributed training is exactly single-process
+training on the concatenated batch (see :mod:`losslab.distributed`).
 """
 from __future__ import annotations
 
@@ -80,6 +83,87 @@ def _embeddings(x: torch.Tensor, name: str, dtype) -> torch.Tensor:
     return F.normalize(upcast(x, dtype), dim=-1)
 
 
+# Rows per block are chosen so that one block holds about this many similarities
+# (16 MiB in float32): big enough for efficient matmuls, small next to the B x B matrix.
+_BLOCK_ELEMS = 1 << 22
+
+
+class _RowLogSumExp(torch.autograd.Function):
+    """Row (and optionally column) log-sum-exps of ``scale * A @ C^T`` without storing the matrix.
+
+    ``lse_i = logsumexp_j s_ij`` over ``j != exclude_i``; with ``ncols > 0`` also
+    ``clse_j = logsumexp_i s_ij`` for the first ``ncols`` columns (CLIP's key -> query
+    direction from the same blocks). Forward keeps only these vectors; backward recomputes
+    each block of similarities, turns it into softmax weights ``exp(s - lse)`` (entries
+    <= 1: no overflow for any scale) and accumulates ``dA = scale * P @ C`` and
+    ``dC = scale * P^T @ A``. Column log-sum-exps are accumulated across row blocks with
+    ``logaddexp`` (the streaming form of a log-sum-exp).
+    """
+
+    @staticmethod
+    def forward(ctx, anchors, cands, scale, exclude, ncols):
+        n, m = anchors.shape[0], cands.shape[0]
+        rows = max(1, _BLOCK_ELEMS // max(m, 1))
+        lse = anchors.new_empty(n)
+        clse = anchors.new_full((ncols,), float("-inf"))
+        for i in range(0, n, rows):
+            s = _sim_block(anchors, cands, scale, exclude, i, min(i + rows, n))
+            torch.logsumexp(s, dim=1, out=lse[i : i + s.shape[0]])
+            if ncols:
+                clse = torch.logaddexp(clse, torch.logsumexp(s[:, :ncols], dim=0))
+        ctx.save_for_backward(anchors, cands, lse, clse, exclude)
+        ctx.scale, ctx.rows = scale, rows
+        return lse, clse
+
+    @staticmethod
+    def backward(ctx, grad, grad_col):
+        if torch.is_grad_enabled():
+            # create_graph=True: the in-place block recomputation below is not itself
+            # differentiable; fail loudly instead of returning a silently partial Hessian.
+            raise RuntimeError("info_nce / nt_xent / supcon_loss are not twice differentiable (create_graph=True)")
+        anchors, cands, lse, clse, exclude = ctx.saved_tensors
+        scale, rows, n, ncols = ctx.scale, ctx.rows, anchors.shape[0], clse.shape[0]
+        zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
+        # A row without any candidate has lse = -inf; use 0 there so that its block row
+        # is exp(-inf) = 0 instead of NaN.
+        lse = torch.where(torch.isinf(lse), zero, lse)
+        d_anchors = torch.empty_like(anchors) if ctx.needs_input_grad[0] else None
+        d_cands = torch.zeros_like(cands) if ctx.needs_input_grad[1] else None
+        col_w = None
+        if ncols and grad_col is not None:
+            col_w = grad_col * scale
+        for i in range(0, n, rows):
+            j = min(i + rows, n)
+            s = _sim_block(anchors, cands, scale, exclude, i, j)
+            if col_w is not None:  # column softmax weights, before s is overwritten
+                pc = (s[:, :ncols] - clse).exp_().mul_(col_w)
+            p = s.sub_(lse[i:j, None]).exp_().mul_(grad[i:j, None] * scale)  # dL/ds * scale, in place
+            if col_w is not None:
+                p[:, :ncols] += pc
+            if d_anchors is not None:
+                torch.mm(p, cands, out=d_anchors[i:j])
+            if d_cands is not None:
+                d_cands.addmm_(p.T, anchors[i:j])
+        return d_anchors, d_cands, None, None, None
+
+
+def _sim_block(anchors, cands, scale, exclude, i, j):
+    s = torch.mm(anchors[i:j], cands.T).mul_(scale)
+    if exclude is not None:  # an anchor is not its own negative: -inf at its own column
+        s[torch.arange(j - i, device=s.device), exclude[i:j]] = float("-inf")
+    return s
+
+
+def _row_lse(anchors, cands, temperature, exclude=None):
+    """Differentiable per-row log-sum-exp of ``<a_i, c_j> / temperature`` over ``j != exclude[i]``."""
+    return _RowLogSumExp.apply(anchors, cands, 1.0 / temperature, exclude, 0)[0]
+
+
+def _row_col_lse(anchors, cands, temperature, ncols):
+    """Row log-sum-exps over all of ``cands`` and column log-sum-exps of its first ``ncols`` columns."""
+    return _RowLogSumExp.apply(anchors, cands, 1.0 / temperature, None, ncols)
+
+
 def _pair_views(n=6, d=4, **kw) -> Example:
     def make(gen):
         return (randn(gen, n, d), randn(gen, n, d)), dict(kw)
@@ -113,7 +197,9 @@ def info_nce(
     i.e. cross-entropy over each row of the similarity matrix with target :math:`i` (B − 1
     in-batch negatives, plus the optional ``negatives``). ``symmetric=True`` averages it with
     the key→query direction (rows of :math:`S^\top`, without the extra negatives), as CLIP does.
-    For SimCLR's pooled version with 2B − 2 negatives see :func:`nt_xent`.
+    For SimCLR's pooled version with 2B − 2 negatives see :func:`nt_xent`. The B × B
+    matrix is processed in row blocks and recomputed in backward (both directions from the
+    same blocks), so memory stays O((B + M)·D) plus one block; not twice differentiable.
 
     Args:
         query: ``(B, D)`` embeddings (normalized inside).
@@ -146,20 +232,25 @@ def info_nce(
     check_same_shape(query, key, ("query", "key"))
     dtype = compute_dtype(query, key)
     q, k = _embeddings(query, "query", dtype), _embeddings(key, "key", dtype)
-    world, offset, total = _layout(q.shape[0], group, q.device) if gather else (1, 0, q.shape[0])
+    world, offset, total = _layout(q.shape[0], group, q.device) if gather or group is not None else (1, 0, q.shape[0])
     keys, queries = (_gather(k, group=group), _gather(q, group=group)) if world > 1 else (k, q)
-    sim = q @ keys.T / temperature
-    targets = torch.arange(q.shape[0], device=q.device) + offset
-    rows = sim
+    cands = keys
     if negatives is not None:
         nn_ = _embeddings(negatives, "negatives", dtype)
         if nn_.shape[1] != q.shape[1]:
             raise ValueError(f"negatives must have {q.shape[1]} features, got shape {tuple(negatives.shape)}")
-        rows = torch.cat([sim, q @ nn_.T / temperature], dim=1)
-    loss = F.cross_entropy(rows, targets, reduction="none")
-    if symmetric:
-        # key -> query direction: local keys against all queries (= columns of the full matrix)
-        loss = 0.5 * (loss + F.cross_entropy(k @ queries.T / temperature, targets, reduction="none"))
+        cands = torch.cat([keys, nn_])
+    # -log softmax at the positive = lse over the row - s_ii; s_ii is one dot product per pair.
+    pos = (q * k).sum(-1) / temperature
+    if symmetric and world == 1:
+        # key -> query direction = columns of the same matrix: one pass gives both
+        row, col = _row_col_lse(q, cands, temperature, k.shape[0])
+        loss = 0.5 * (row + col) - pos
+    elif symmetric:
+        # local keys against the queries of every rank (columns of the full matrix)
+        loss = 0.5 * (_row_lse(q, cands, temperature) + _row_lse(k, queries, temperature)) - pos
+    else:
+        loss = _row_lse(q, cands, temperature) - pos
     if world > 1:
         return _reduce_gathered(loss, reduction, world, total)
     return reduce(loss, reduction)
@@ -184,8 +275,11 @@ def nt_xent(
     .. math::
         \ell_a = -\log\frac{e^{s_{a\,p(a)}/\tau}}{\sum_{b \ne a} e^{s_{ab}/\tau}} .
 
-    Equal to pytorch-metric-learning's ``SelfSupervisedLoss(NTXentLoss(τ), symmetric=True)``,
-    with O(B²) memory (the peer's NT-Xent builds O(B³) intermediates).
+    Equal to pytorch-metric-learning's ``SelfSupervisedLoss(NTXentLoss(τ), symmetric=True)``.
+    Memory: the 2B × 2B similarity matrix is never stored; each anchor's log-sum-exp is
+    computed block by block and the blocks are recomputed in backward (the peer's NT-Xent
+    builds O(B³) intermediates, 34 GB at B = 1024). Not twice differentiable
+    (``create_graph=True`` raises).
 
     Args:
         z1, z2: ``(B, D)`` embeddings of the two views (normalized inside).
@@ -212,15 +306,14 @@ def nt_xent(
     dtype = compute_dtype(z1, z2)
     a1, a2 = _embeddings(z1, "z1", dtype), _embeddings(z2, "z2", dtype)
     b = z1.shape[0]
-    world, offset, total = _layout(b, group, a1.device) if gather else (1, 0, b)
+    world, offset, total = _layout(b, group, a1.device) if gather or group is not None else (1, 0, b)
     cand = torch.cat([_gather(a1, group=group), _gather(a2, group=group)]) if world > 1 else torch.cat([a1, a2])
     anchors = torch.cat([a1, a2])
     local = torch.arange(b, device=a1.device) + offset
     own = torch.cat([local, local + total])  # each anchor's own column in the pooled batch
-    pos = torch.cat([local + total, local])  # its other view
-    sim = anchors @ cand.T / temperature
-    sim = sim.masked_fill(torch.nn.functional.one_hot(own, 2 * total).to(torch.bool), float("-inf"))
-    loss = F.cross_entropy(sim, pos, reduction="none")
+    # positive logit: <view 1, view 2> / tau, the same for both anchors of a pair
+    pos = (a1 * a2).sum(-1) / temperature
+    loss = _row_lse(anchors, cand, temperature, own) - torch.cat([pos, pos])
     if world > 1:
         return _reduce_gathered(loss, reduction, world, 2 * total)
     return reduce(loss, reduction)
@@ -263,6 +356,8 @@ def supcon_loss(
     ``"mean"`` averages over anchors that have a positive, as pytorch-metric-learning's
     ``SupConLoss`` does; anchors without one contribute 0 to ``"none"``/``"sum"``. A batch in
     which no anchor has a positive gives 0 and a ``UserWarning`` (when validation is on).
+    The positives' mean logit comes from per-class embedding sums (no N × N mask) and the
+    denominator from a blockwise log-sum-exp recomputed in backward; not twice differentiable.
 
     Args:
         embeddings: ``(N, D)`` (normalized inside).
@@ -290,22 +385,27 @@ def supcon_loss(
     e = _embeddings(embeddings, "embeddings", compute_dtype(embeddings))
     _check_labels(embeddings, labels)
     n = e.shape[0]
-    world, offset, total = _layout(n, group, e.device) if gather else (1, 0, n)
+    world, offset, total = _layout(n, group, e.device) if gather or group is not None else (1, 0, n)
     cand, cand_labels = (_gather(e, group=group), gather_no_grad(labels, group=group)) if world > 1 else (e, labels)
-    eye = torch.nn.functional.one_hot(torch.arange(n, device=e.device) + offset, total).to(torch.bool)
-    sim = (e @ cand.T / temperature).masked_fill(eye, float("-inf"))
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    pos = (labels.unsqueeze(1) == cand_labels.unsqueeze(0)) & ~eye
-    n_pos = pos.sum(1)
-    zero = torch.zeros((), dtype=e.dtype, device=e.device)
-    loss = -torch.where(pos, log_prob, zero).sum(1) / n_pos.clamp_min(1).to(e.dtype)
+    own = torch.arange(n, device=e.device) + offset
+    # The positives' mean logit without the (n, N) matrix: sum_{p in P(i)} c_p is anchor i's
+    # class sum minus its own embedding, so (1/|P(i)|) sum_p s_ip = <e_i, S_{y_i} - e_i> / (tau |P(i)|).
+    classes, inverse, counts = torch.unique(cand_labels, return_inverse=True, return_counts=True)
+    class_sum = torch.zeros((classes.shape[0], cand.shape[1]), dtype=cand.dtype, device=cand.device)
+    class_sum = class_sum.index_add(0, inverse, cand)
+    mine = inverse[offset : offset + n]
+    n_pos = counts[mine] - 1
     has_pos = n_pos > 0
-    if world > 1:
-        count = int(gather_no_grad(has_pos.sum().reshape(1), group=group).sum())
-        return _reduce_gathered(torch.where(has_pos, loss, zero), reduction, world, count)
-    if validation_enabled() and n > 0 and not bool(has_pos.any()):
+    pos = (e * (class_sum[mine] - cand[own])).sum(-1) / (temperature * n_pos.clamp_min(1).to(e.dtype))
+    zero = torch.zeros((), dtype=e.dtype, device=e.device)
+    loss = torch.where(has_pos, _row_lse(e, cand, temperature, own) - pos, zero)
+    if world > 1 or validation_enabled():  # one host sync: the global count of anchors with a positive
+        n_anchors = int((counts[inverse] > 1).sum())
+    if validation_enabled() and total > 0 and n_anchors == 0:
         warnings.warn("supcon_loss: no anchor has a positive (every label is unique); the loss is 0", UserWarning,
                       stacklevel=2)
+    if world > 1:
+        return _reduce_gathered(loss, reduction, world, n_anchors)
     return reduce(loss, reduction, mask=has_pos)
 
 
