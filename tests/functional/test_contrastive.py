@@ -166,3 +166,50 @@ def test_single_sample_supcon_has_zero_loss_and_finite_gradient():
         out = LF.supcon_loss(e, torch.tensor([0]))
     out.backward()
     assert out.item() == 0.0 and torch.equal(e.grad, torch.zeros_like(e))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), b=st.integers(2, 9), tau=st.floats(0.02, 2.0), scale=st.floats(0.01, 100.0))
+def test_properties_from_the_definitions(seed, b, tau, scale):
+    """Scale invariance (cosine similarity), symmetry of the pooled/symmetric forms, and the bounds
+    0 <= loss <= log(#candidates) + 2/tau (-log of a softmax whose logits lie in [-1/tau, 1/tau])."""
+    g = torch.Generator().manual_seed(seed)
+    z1, z2 = torch.randn(b, 4, generator=g, dtype=F64), torch.randn(b, 4, generator=g, dtype=F64)
+    y = torch.randint(0, 3, (b,), generator=g)
+    nt = LF.nt_xent(z1, z2, temperature=tau)
+    torch.testing.assert_close(LF.nt_xent(scale * z1, z2, temperature=tau), nt, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(LF.nt_xent(z2, z1, temperature=tau), nt, rtol=1e-10, atol=1e-12)
+    info = LF.info_nce(z1, z2, temperature=tau)
+    torch.testing.assert_close(LF.info_nce(z2, z1, temperature=tau), info, rtol=1e-10, atol=1e-12)
+    assert 0 <= nt <= math.log(2 * b - 1) + 2 / tau + 1e-9
+    assert 0 <= info <= math.log(b) + 2 / tau + 1e-9
+    if (y[:, None] == y[None, :]).sum() > b:  # some anchor has a positive
+        sup = LF.supcon_loss(z1, y, temperature=tau)
+        assert 0 <= sup <= math.log(b - 1) + 2 / tau + 1e-9
+    assert -4 * 2 - 1e-9 <= LF.uniformity(z1, t=2) <= 1e-12
+    assert -1 - 1e-12 <= LF.tolerance(z1, y) <= 1 + 1e-12
+
+
+def test_more_bad_input():
+    x, y = _views()
+    labels = torch.tensor([0, 1, 0, 1, 2, 2])
+    for tau in (0.0, -0.1, float("inf"), float("nan")):
+        for call in (lambda: LF.info_nce(x, y, temperature=tau), lambda: LF.supcon_loss(x, labels, temperature=tau)):
+            with pytest.raises(ValueError, match="temperature"):
+                call()
+    with pytest.raises(ValueError, match="labels must have shape"):
+        LF.tolerance(x, labels[:5])
+    with pytest.raises(TypeError, match="integer"):
+        LF.supcon_loss(x, labels.double())
+    with pytest.raises(ValueError, match="2 dimensions"):
+        LF.nt_xent(x[0], y[0])
+    with pytest.raises(ValueError, match="negatives must have 5 features"):
+        LF.info_nce(x, y, negatives=torch.randn(3, 4, dtype=F64))
+    with pytest.raises(ValueError, match="same shape"):
+        LF.alignment(x, y[:, :3])
+    with pytest.raises(ValueError, match="alpha"):
+        LF.alignment(x, y, alpha=0)

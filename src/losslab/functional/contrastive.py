@@ -206,10 +206,14 @@ def info_nce(
         key: ``(B, D)`` embeddings of the positives.
         temperature: :math:`\tau > 0`.
         symmetric: average both directions.
-        negatives: optional ``(M, D)`` extra negatives for the query→key direction (local,
-            not gathered).
+        negatives: optional ``(M, D)`` extra negatives for the query→key direction (e.g. a
+            memory queue). Not gathered: under ``gather=True`` every rank should pass the
+            same bank; DDP's averaging then gives its single-process gradient.
         gather: contrast with the queries and keys of every rank (exact under DDP, uneven
-            batch sizes allowed); ``group``: the process group.
+            batch sizes allowed); ``group``: the process group (a group implies
+            ``gather``). Each rank returns ``W / N_global`` times the sum of its anchors'
+            losses (``W`` times for ``"sum"``; ``"none"`` stays per local anchor), see
+            :mod:`losslab.distributed`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per local query).
 
     Shape:
@@ -285,7 +289,10 @@ def nt_xent(
         z1, z2: ``(B, D)`` embeddings of the two views (normalized inside).
         temperature: :math:`\tau > 0`.
         gather: pool the views of every rank (exact under DDP, uneven batch sizes allowed);
-            ``group``: the process group.
+            ``group``: the process group (a group implies
+            ``gather``). Each rank returns ``W / N_global`` times the sum of its anchors'
+            losses (``W`` times for ``"sum"``; ``"none"`` stays per local anchor), see
+            :mod:`losslab.distributed`.
         reduction: ``"mean"`` over the 2B anchors, ``"sum"`` or ``"none"``.
 
     Shape:
@@ -364,7 +371,10 @@ def supcon_loss(
         labels: ``(N,)`` integer labels.
         temperature: :math:`\tau > 0`.
         gather: contrast with the embeddings of every rank (exact under DDP, uneven batch
-            sizes allowed); ``group``: the process group.
+            sizes allowed); ``group``: the process group (a group implies
+            ``gather``). Each rank returns ``W / N_global`` times the sum of its anchors'
+            losses (``W`` times for ``"sum"``; ``"none"`` stays per local anchor), see
+            :mod:`losslab.distributed`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Shape:
