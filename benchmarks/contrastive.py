@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -138,8 +139,12 @@ def pml_error(expr, b, d, limit_gib):
         resource.setrlimit(resource.RLIMIT_AS, ({limit_gib} << 30, {limit_gib} << 30))
     """) + SETUP.format(here=str(Path(__file__).resolve().parent), b=b, d=d) + f"({expr}).backward()\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    lines = (out.stderr or "").strip().splitlines()
-    return lines[-1][:160] if lines else f"exit status {out.returncode}"
+    text = out.stderr or ""
+    m = re.search(r"tried to allocate (\d+) bytes", text)
+    if m:
+        return f"allocation of {int(m.group(1)) / 1e9:.1f} GB refused"
+    lines = text.strip().splitlines()
+    return lines[-1][:120] if lines else f"exit status {out.returncode}"
 
 
 def main() -> None:
