@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from losslab import functional as LF
-from losslab.functional.divergences import F_DIVERGENCES, generator
+from losslab.functional.divergences import F_DIVERGENCES, f_divergence_generator as generator
 
 scipy_special = pytest.importorskip("scipy.special")
 scipy_distance = pytest.importorskip("scipy.spatial.distance")

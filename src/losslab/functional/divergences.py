@@ -7,8 +7,19 @@ takes log-probabilities as they are. Zero-probability classes (logit ``-inf``) a
 exactly: a class with p = 0 contributes 0 to KL(P‖Q); a class with q = 0 < p makes
 KL(P‖Q) = +inf, which is the true value and is returned as such.
 
-In distillation, the usual forward KL is ``kl_divergence(teacher_logits, student_logits)``
-(P = teacher); the "reverse" KL swaps them.
+Which argument is the model: in distillation the usual forward KL is
+``kl_divergence(teacher_logits, student_logits)`` (P = teacher, Q = student) and the
+"reverse" KL swaps them; in RL fine-tuning / DPO, the KL penalty KL(π‖π_ref) is
+``kl_divergence(policy_logits, ref_logits)`` (P = model).
+
+Token-level use: leading dimensions are kept (e.g. ``(B, T, V)`` gives ``(B, T)`` for
+``reduction="none"``) and ``mask`` (bool, the leading shape; False = padding) leaves
+tokens out of the mean. There is no ``ignore_index``: build the mask from your labels,
+``mask = labels != -100``.
+
+Gradients: where a divergence is finite its gradient is finite, including classes with
+zero probability under P and/or Q; where it is ``+inf`` (KL(P‖Q) with q = 0 < p, χ², α
+outside [0, 1]) the value is ``+inf`` and the gradient is not defined (inf/NaN).
 """
 from __future__ import annotations
 
@@ -18,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from .._checks import check_choice, check_floating, check_ndim, check_positive, check_same_shape
+from .._checks import check_choice, check_finite, check_floating, check_ndim, check_positive, check_same_shape
 from .._numerics import upcast
 from .._reduction import reduce
 from ..registry import Reference, register
@@ -35,6 +46,7 @@ __all__ = [
     "jsd_contrastive_logits",
     "FDivergenceGenerator",
     "F_DIVERGENCES",
+    "f_divergence_generator",
 ]
 
 FDIV_PAPER = Reference(
@@ -65,6 +77,8 @@ def _log_probs(p_logits, q_logits, temperature: float, log_probs: bool):
     check_ndim(p_logits, "p_logits", tuple(range(1, 9)))
     check_same_shape(p_logits, q_logits, ("p_logits", "q_logits"))
     check_positive(temperature, "temperature")
+    check_finite(p_logits, "p_logits")  # NaN only (value check, honours set_validation); -inf is a zero class
+    check_finite(q_logits, "q_logits")
     dtype = torch.float64 if torch.float64 in (p_logits.dtype, q_logits.dtype) else torch.float32
     p, q = upcast(p_logits, dtype), upcast(q_logits, dtype)
     if log_probs and temperature == 1.0:
@@ -93,9 +107,36 @@ def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return (p * diff).sum(-1)
 
 
+def _both_zero(logp: torch.Tensor, logq: torch.Tensor):
+    """Classes with p = q = 0, and both logs with those entries replaced by 0.
+
+    Such a class contributes 0 to every f-divergence, but log-space combinations of two
+    ``-inf`` give NaN (``-inf - -inf``, ``logaddexp(-inf, -inf)``'s gradient). Callers compute
+    on the safe copies and put the right limit back with ``torch.where`` (double-where: the
+    gradient through the discarded branch is then 0, not NaN).
+    """
+    both = torch.isneginf(logp) & torch.isneginf(logq)
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    return both, torch.where(both, zero, logp), torch.where(both, zero, logq)
+
+
 def _mixture(logp: torch.Tensor, logq: torch.Tensor, beta: float) -> torch.Tensor:
-    """log(beta p + (1 - beta) q), in log-space."""
-    return torch.logaddexp(logp + math.log(beta), logq + math.log1p(-beta))
+    """log(beta p + (1 - beta) q), in log-space (-inf where p = q = 0, with zero gradient there)."""
+    both, sp, sq = _both_zero(logp, logq)
+    logm = torch.logaddexp(sp + math.log(beta), sq + math.log1p(-beta))
+    return torch.where(both, torch.full((), -math.inf, dtype=logm.dtype, device=logm.device), logm)
+
+
+def _log_sum_power(logp: torch.Tensor, logq: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """log sum_k p_k^a q_k^b = logsumexp(a log p + b log q), a class with p = q = 0 counting 0.
+
+    Without the guard, ``a * -inf + b * -inf`` is NaN whenever a and b have opposite signs
+    (alpha outside [0, 1], chi^2).
+    """
+    both, sp, sq = _both_zero(logp, logq)
+    e = a * sp + b * sq
+    e = torch.where(both, torch.full((), -math.inf, dtype=e.dtype, device=e.device), e)
+    return torch.logsumexp(e, dim=-1)
 
 
 def _doc(fn):
@@ -131,7 +172,11 @@ def kl_divergence(
     computed from ``log_softmax`` outputs; classes with :math:`p_k = 0` contribute 0 (also
     to the gradient), :math:`q_k = 0 < p_k` gives :math:`+\infty`. Unlike
     ``F.kl_div(input, target)``, the arguments are in the mathematical order (P first) and
-    both are logits; ``reduction="mean"`` averages over samples, not over elements.
+    both are logits; ``reduction="mean"`` averages over samples, not over elements (it is
+    ``F.kl_div(log_softmax(q), log_softmax(p), log_target=True, reduction="batchmean")``
+    for 2-D inputs). The model is usually Q in distillation (forward KL, P = teacher) and P
+    in KL-regularized RL (P = policy, Q = reference); :func:`f_divergence` ``"reverse_kl"``
+    is this with the arguments swapped.
 
     Args:
         {common_args}
@@ -176,8 +221,9 @@ def js_divergence(
         \qquad M = \tfrac12(P + Q),
 
     with :math:`\log M = \operatorname{logaddexp}(\log p, \log q) - \log 2`. In nats; it equals
-    the square of SciPy's ``jensenshannon`` distance. Always finite, even with disjoint
-    supports (then it is :math:`\log 2`).
+    the square of SciPy's ``jensenshannon`` distance (natural log). Always finite, even with
+    disjoint supports (then it is :math:`\log 2`), and so is its gradient. Symmetric: either
+    argument may be the model (e.g. student vs teacher in distillation).
 
     Args:
         {common_args}
@@ -224,9 +270,11 @@ def generalized_js_divergence(
     to 0 (the mixture collapses onto one distribution), linearly in :math:`\beta`:
     :math:`\mathrm{JS}_\beta / \beta \to \mathrm{KL}(P\,\|\,Q)` as :math:`\beta \to 0`, and
     :math:`\mathrm{JS}_\beta / (1-\beta) \to \mathrm{KL}(Q\,\|\,P)` as :math:`\beta \to 1`.
-    ``beta`` must lie in the open interval (0, 1). This is the "generalized JSD" used in
-    on-policy distillation with P = teacher, Q = student (check the convention of the
-    code you compare with: some libraries weight the other way round).
+    ``beta`` must lie in the open interval (0, 1) (use :func:`kl_divergence` for the scaled
+    limits). Which argument is the model: in on-policy distillation (GKD) P = teacher,
+    Q = student, so that the scaled limits are forward KL (β → 0) and reverse KL (β → 1),
+    the reading TRL's GKD trainer documents for its β = 0 / β = 1 (it special-cases those
+    two values as the KLs themselves; here they are excluded, not special-cased).
 
     Args:
         beta: mixture weight :math:`\beta \in (0, 1)` of P.
@@ -280,10 +328,16 @@ def alpha_divergence(
     dispatched to the KL divergences exactly. :math:`\alpha = \tfrac12` gives
     :math:`4(1 - \mathrm{BC}) = 8 H^2` (Bhattacharyya coefficient, squared Hellinger).
 
-    Conventions differ: this is Amari's parameterization with P first (the f-DPO paper's
-    α-divergence constraint with P = π, Q = π_ref). TRL's ``alpha_divergence`` score has used
-    two parameterizations across versions (old α = 1 − new α); compare through the α → 1 limit,
-    which must give reverse KL KL(π‖π_ref).
+    Conventions (P first, Q second): this is the α of Cichocki & Amari (2010), the one
+    whose limits are α → 1: KL(P‖Q) and α → 0: KL(Q‖P). Amari's original ±1 index
+    :math:`\alpha_A` (with :math:`\tfrac{4}{1-\alpha_A^2}(1 - \sum p^{(1-\alpha_A)/2}
+    q^{(1+\alpha_A)/2})`) is :math:`\alpha = (1 - \alpha_A)/2`. TRL ≥ 1.x's f-DPO
+    ``alpha_divergence`` score :math:`(e^{(\alpha-1) r} - 1)/(\alpha - 1)` is :math:`f'`
+    of this generator with the *same* α, P = π (the model), Q = π_ref, and its α → 1 limit
+    is what TRL calls "reverse KL", KL(π‖π_ref); older TRL versions used 1 − α.
+
+    Which argument is the model: P in KL-regularized fine-tuning (P = π, Q = π_ref);
+    Q in distillation when α near 1 should mean forward KL (P = teacher).
 
     Args:
         alpha: any finite real :math:`\alpha`; outside [0, 1] the value is :math:`+\infty`
@@ -313,7 +367,7 @@ def alpha_divergence(
         return reduce(_kl(logp, logq), reduction, mask=m)
     if alpha == 0:
         return reduce(_kl(logq, logp), reduction, mask=m)
-    s = torch.logsumexp(alpha * logp + (1.0 - alpha) * logq, dim=-1)
+    s = _log_sum_power(logp, logq, alpha, 1.0 - alpha)
     value = -torch.expm1(s) / (alpha * (1.0 - alpha))
     return reduce(value, reduction, mask=m)
 
@@ -335,7 +389,7 @@ def total_variation(
     .. math:: \mathrm{TV}(P, Q) = \tfrac12 \sum_k |p_k - q_k|
 
     The f-divergence of :math:`f(u) = \tfrac12|u - 1|`. Its gradient is the sign of
-    :math:`p - q` (zero where they are equal).
+    :math:`p - q` (zero where they are equal). Symmetric: either argument may be the model.
 
     Args:
         {common_args}
@@ -380,6 +434,7 @@ def hellinger_distance(
     as :math:`1 - \sum\sqrt{pq}`, which cancels for nearby distributions). :math:`H^2` is the
     f-divergence of :math:`f(u) = \tfrac12(\sqrt u - 1)^2` (``f_divergence(..., "hellinger")``).
     The distance :math:`H` has an infinite slope at P = Q; train with ``squared=True``.
+    Symmetric: either argument may be the model.
 
     Args:
         squared: return :math:`H^2` instead of :math:`H`.
@@ -410,12 +465,33 @@ def hellinger_distance(
 class FDivergenceGenerator:
     r"""An f-divergence :math:`D_f(P\|Q) = \sum_k q_k f(p_k/q_k)` by its generator.
 
+    The one table of generators (:data:`F_DIVERGENCES`, plus :func:`f_divergence_generator`
+    for the α family) shared by :func:`f_divergence` (whose values are computed by
+    dedicated log-space formulas, tested equal to :math:`\sum_k q_k f(p_k/q_k)`), the
+    f-DPO preference loss (which uses :math:`f'`) and variational / f-GAN bounds (which use
+    :math:`f^*`). Generators act elementwise on tensors.
+
+    Mapping to TRL's f-DPO names, with :math:`u = \pi/\pi_\text{ref} = e^r` (P = π):
+
+    ========================  ======================  =====================================
+    ours                      TRL ``f_divergence``     :math:`f'(e^r)` vs TRL's score
+    ========================  ======================  =====================================
+    ``"kl"``  KL(π‖π_ref)     ``reverse_kl``          :math:`r + 1` vs :math:`r`
+    ``"reverse_kl"``          ``forward_kl``          :math:`-e^{-r}` vs :math:`1 - e^{-r}`
+    ``"js"``                  ``js_divergence``       :math:`\tfrac12(\log 2 + \log\sigma(r))`,
+                                                      half TRL's :math:`\log 2 + \log\sigma(r)`
+    ``"alpha"`` (α)           ``alpha_divergence``    equal: :math:`(e^{(\alpha-1)r}-1)/(\alpha-1)`
+    ========================  ======================  =====================================
+
+    Constant offsets cancel in the DPO difference of chosen and rejected scores; the factor
+    ½ of ``"js"`` (our JS is the mean of the two KLs, TRL's generator their sum) rescales β.
+
     Attributes:
         name: the key in :data:`F_DIVERGENCES`.
         f: the convex generator, :math:`f(1) = 0`.
         f_prime: its derivative :math:`f'(u)` (the f-DPO score of a density ratio :math:`u`).
         conjugate: the convex conjugate :math:`f^*(t) = \sup_u\, t u - f(u)` (variational /
-            f-GAN bounds), or None where it has no closed form.
+            f-GAN bounds), or None where it has no closed form (``"jeffreys"``).
         conjugate_domain: the open interval of :math:`t` where :math:`f^*` is finite.
     """
 
@@ -443,10 +519,9 @@ def _alpha_generator(alpha: float) -> FDivergenceGenerator:
     return FDivergenceGenerator("alpha", f, fp, conj, dom)
 
 
-#: Generators of the named f-divergences (P first: D_f(P‖Q) = E_Q f(dP/dQ)).
-#: Mapping to TRL's f-DPO names, with u = π/π_ref: TRL "reverse_kl" (score r = log u) is our
-#: "kl" (f′ = log u + 1); TRL "forward_kl" (score 1 − 1/u) is our "reverse_kl" (f′ = −1/u);
-#: scores agree up to an additive constant, which the DPO loss cancels.
+#: Generators of the named f-divergences (P first: D_f(P‖Q) = E_Q f(dP/dQ)); "alpha" is
+#: built per α by :func:`f_divergence_generator`. See :class:`FDivergenceGenerator` for the
+#: mapping to TRL's f-DPO names.
 F_DIVERGENCES: dict[str, FDivergenceGenerator] = {
     "kl": FDivergenceGenerator("kl", lambda u: torch.xlogy(u, u), lambda u: torch.log(u) + 1, lambda t: torch.exp(t - 1)),
     "reverse_kl": FDivergenceGenerator("reverse_kl", lambda u: -torch.log(u), lambda u: -1 / u,
@@ -468,10 +543,24 @@ F_DIVERGENCES: dict[str, FDivergenceGenerator] = {
 DIVERGENCE_NAMES = ("kl", "reverse_kl", "js", "alpha", "total_variation", "hellinger", "chi2", "jeffreys")
 
 
-def generator(name: str, *, alpha: float = 0.5) -> FDivergenceGenerator:
-    """The :class:`FDivergenceGenerator` of ``name`` (``"alpha"`` needs ``alpha``)."""
+def f_divergence_generator(name: str, *, alpha: float = 0.5) -> FDivergenceGenerator:
+    """The :class:`FDivergenceGenerator` of ``name`` (``"alpha"`` needs ``alpha``).
+
+    ``f_divergence_generator("alpha", alpha=1.0)`` is the ``"kl"`` generator and ``alpha=0.0`` the
+    ``"reverse_kl"`` one (the limits of the α family; the closed form divides by
+    α(α − 1)). Its ``f_prime(e^r) = (e^{(α-1) r} - 1)/(α - 1)`` is TRL's f-DPO
+    ``alpha_divergence`` score with the same α (TRL ≥ 1.x).
+    """
     check_choice(name, "divergence", DIVERGENCE_NAMES)
-    return _alpha_generator(alpha) if name == "alpha" else F_DIVERGENCES[name]
+    if name != "alpha":
+        return F_DIVERGENCES[name]
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    if alpha == 1:
+        return F_DIVERGENCES["kl"]
+    if alpha == 0:
+        return F_DIVERGENCES["reverse_kl"]
+    return _alpha_generator(alpha)
 
 
 @register("f_divergence", family="divergences", reference=FDIV_PAPER, seed=FDIV_SEED,
@@ -498,8 +587,17 @@ def f_divergence(
     :math:`\chi^2 = \sum p^2/q - 1` (from a ``logsumexp``); ``"jeffreys"`` KL(P‖Q) + KL(Q‖P).
     Each is evaluated by its dedicated log-space formula, never as the generic sum (whose
     ratio :math:`p/q` overflows). The generators themselves (:math:`f`, :math:`f'`,
-    :math:`f^*`) are in :data:`F_DIVERGENCES` / :func:`generator`, shared with the
+    :math:`f^*`) are in :data:`F_DIVERGENCES` / :func:`f_divergence_generator`, shared with the
     preference (f-DPO) and distillation objectives.
+
+    Zero-probability classes: a class with :math:`p_k = q_k = 0` contributes 0 to every
+    divergence; the value is :math:`+\infty` exactly where it is mathematically (q = 0 < p
+    for ``"kl"``, ``"chi2"``, ``"jeffreys"``, ``"alpha"`` with α ≥ 1; p = 0 < q for
+    ``"reverse_kl"``, ``"jeffreys"``, ``"alpha"`` with α ≤ 0). ``"js"``, ``"total_variation"``
+    and ``"hellinger"`` are always finite.
+
+    Which argument is the model: P = π (policy), Q = π_ref in f-DPO / f-DPG; P = teacher,
+    Q = student in distillation (so ``"kl"`` is the forward KL there).
 
     Args:
         divergence: one of the names above.
@@ -538,7 +636,8 @@ def f_divergence(
     logp, logq = _log_probs(p_logits, q_logits, temperature, log_probs)
     m = _check_mask(mask, logp)
     if divergence == "chi2":
-        return reduce(torch.expm1(torch.logsumexp(2 * logp - logq, dim=-1)), reduction, mask=m)
+        # chi^2 = sum p^2 / q - 1, the sum as a logsumexp (no p/q overflow), -1 by expm1.
+        return reduce(torch.expm1(_log_sum_power(logp, logq, 2.0, -1.0)), reduction, mask=m)
     return reduce(_kl(logp, logq) + _kl(logq, logp), reduction, mask=m)  # jeffreys
 
 
@@ -604,5 +703,11 @@ def jsd_contrastive_logits(
     logm = _mixture(logp, logq, 0.5)
     alpha = 0.5 * _kl(logp, logm) + 0.5 * _kl(logq, logm) + offset
     a = alpha.unsqueeze(-1)
-    out = (1.0 + a) * upcast(context_logits, logp.dtype) - a * upcast(no_context_logits, logp.dtype)
+    ctx, noctx = upcast(context_logits, logp.dtype), upcast(no_context_logits, logp.dtype)
+    # (1 + a) ctx - a noctx written as ctx + a (ctx - noctx), with the limits of -inf logits
+    # made explicit: a token banned in both (-inf, -inf) stays -inf (the plain formula gives
+    # -inf + inf = NaN); with a = 0 the output is ctx even where ctx - noctx is infinite.
+    zero = torch.zeros((), dtype=ctx.dtype, device=ctx.device)
+    adjust = torch.where(a == 0, zero, a * (ctx - noctx))
+    out = torch.where(torch.isneginf(ctx) & torch.isneginf(noctx), ctx, ctx + adjust)
     return (out, alpha) if return_alpha else out

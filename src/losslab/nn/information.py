@@ -5,7 +5,8 @@ from .. import functional as F
 from ..registry import register_module
 from ._base import FunctionalLoss
 
-__all__ = ["Entropy", "VendiScore", "VendiScoreFromKernel", "ConditionalMutualInformation", "CSQuadraticMutualInformation"]
+__all__ = ["Entropy", "VendiScore", "VendiScoreFromKernel", "DiffusionSpectralEntropy", "DiffusionSpectralMutualInformation",
+           "ConditionalMutualInformation", "CSQuadraticMutualInformation"]
 
 
 @register_module("entropy")
@@ -31,3 +32,13 @@ class ConditionalMutualInformation(FunctionalLoss, function=F.conditional_mutual
 @register_module("cs_quadratic_mutual_information")
 class CSQuadraticMutualInformation(FunctionalLoss, function=F.cs_quadratic_mutual_information):
     """Module form of :func:`losslab.functional.cs_quadratic_mutual_information`."""
+
+
+@register_module("diffusion_spectral_entropy")
+class DiffusionSpectralEntropy(FunctionalLoss, function=F.diffusion_spectral_entropy):
+    """Module form of :func:`losslab.functional.diffusion_spectral_entropy`."""
+
+
+@register_module("diffusion_spectral_mutual_information")
+class DiffusionSpectralMutualInformation(FunctionalLoss, function=F.diffusion_spectral_mutual_information):
+    """Module form of :func:`losslab.functional.diffusion_spectral_mutual_information`."""
