@@ -293,6 +293,7 @@ def focal_loss(
     *,
     gamma: float = 2.0,
     alpha: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -309,13 +310,21 @@ def focal_loss(
     ``alpha`` is a per-class factor (the paper's :math:`\alpha_t`, for example inverse
     class frequencies); unlike torch's class ``weight`` it does **not** change the
     ``"mean"`` denominator: ``"mean"`` is the plain mean over non-ignored samples, as in
-    the paper and torchvision's ``sigmoid_focal_loss``.
+    the paper and torchvision's ``sigmoid_focal_loss``. ``weight`` is torch's class
+    weight: it multiplies sample :math:`i` by :math:`w_{y_i}` **and** ``"mean"`` divides by
+    :math:`\sum_i w_{y_i}`, so ``focal_loss(..., gamma=0, weight=w)`` equals
+    ``F.cross_entropy(..., weight=w)``. Both may be given (their product multiplies the loss).
+
+    The binary case is torchvision's ``sigmoid_focal_loss``: with logits :math:`[0, s]`,
+    :math:`p = [1 - \sigma(s), \sigma(s)]`, and ``alpha=[1 - a, a]`` reproduces its
+    :math:`\alpha_t`.
 
     Args:
         logits: ``(*, C)`` unnormalized scores.
         target: ``(*)`` class indices.
         gamma: focusing parameter :math:`\gamma \ge 0` (2 in the paper).
-        alpha: optional per-class factors ``(C,)``.
+        alpha: optional per-class factors ``(C,)`` (the ``"mean"`` denominator is unchanged).
+        weight: optional per-class weights ``(C,)`` with ``F.cross_entropy``'s ``"mean"`` rule.
         ignore_index: target value whose samples are left out.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -338,17 +347,22 @@ def focal_loss(
     _check_logits(logits)
     check_nonnegative(gamma, "gamma")
     check_class_weight(alpha, logits.shape[-1], "alpha")
+    check_class_weight(weight, logits.shape[-1])
     check_class_target(target, logits, ignore_index=ignore_index)
     x = upcast(logits)
     logp = torch.log_softmax(x, dim=-1)
     keep, safe, logp_y = _gather_target(logp, target, ignore_index)
     loss = -logp_y
     if gamma > 0:
+        # 1 - p_y = -expm1(log p_y): no cancellation as p_y -> 1 (1 - exp(.) would give 0 and
+        # lose the focal factor of confident samples). Clamped at the smallest normal float:
+        # d/dp (1 - p)^gamma is infinite at p = 1 for gamma < 1.
         one_minus_p = (-torch.expm1(logp_y)).clamp_min(torch.finfo(x.dtype).tiny)
         loss = loss * one_minus_p.pow(gamma)
     if alpha is not None:
         loss = loss * upcast(alpha, x.dtype)[safe]
-    return reduce(loss, reduction, mask=keep)
+    w_y = None if weight is None else upcast(weight, x.dtype)[safe]
+    return reduce(loss, reduction, weight=w_y, mask=keep)
 
 
 ZSPH_PAPER = Reference(
@@ -376,6 +390,7 @@ def spherical_z_loss(
     *,
     a: float = 1.0,
     b: float = 2.0,
+    weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -398,14 +413,23 @@ def spherical_z_loss(
     every pair and, at 40 % symmetric noise, 0.697–0.718 with a = 1 against 0.646–0.702 with
     a = 4; a = 1, b = 2 is within seed noise of the best. Not PaLM's z-loss (see :func:`z_loss`).
 
-    All-equal logits (:math:`\sigma = 0`) give :math:`z = 0`: :math:`\sigma` is floored
-    at ``1e-12`` (float64) / ``1e-6`` relative scale so values and gradients stay finite.
+    All-equal logits (:math:`\sigma = 0`, e.g. a zero-initialized last layer) give
+    :math:`z = 0`: the variance is floored at :math:`\epsilon\cdot\mathrm{mean}_k(x_k^2) +`
+    ``tiny`` (:math:`\epsilon` the machine epsilon of the compute dtype, ``tiny`` its
+    smallest normal number), so values and gradients stay finite. The floor scales with
+    the logits (scale invariance is exact) and only acts when the spread of the logits is
+    at rounding level relative to their size. By scale invariance the gradient grows like
+    :math:`1/\sigma` as the logits shrink, so it is large (finite) near all-equal logits.
+
+    ``weight`` follows ``F.cross_entropy``: sample :math:`i` is multiplied by
+    :math:`w_{y_i}` and ``"mean"`` divides by :math:`\sum_i w_{y_i}` over kept samples.
 
     Args:
         logits: ``(*, C)`` with :math:`C \ge 2`.
         target: ``(*)`` class indices.
         a: sharpness :math:`a > 0`.
         b: location :math:`b`.
+        weight: optional per-class weights ``(C,)``.
         ignore_index: target value whose samples are left out.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -429,6 +453,7 @@ def spherical_z_loss(
         raise TypeError(f"b must be a number, got {type(b).__name__}")
     if logits.shape[-1] < 2:
         raise ValueError(f"spherical_z_loss needs at least 2 classes, got logits of shape {tuple(logits.shape)}")
+    check_class_weight(weight, logits.shape[-1])
     check_class_target(target, logits, ignore_index=ignore_index)
     x = upcast(logits)
     centered = x - x.mean(-1, keepdim=True)
@@ -438,10 +463,11 @@ def spherical_z_loss(
     scale2 = x.detach().square().mean(-1)
     floor = torch.finfo(x.dtype).eps * scale2 + torch.finfo(x.dtype).tiny
     std = torch.sqrt(torch.maximum(var, floor))
-    keep, _, c_y = _gather_target(centered, target, ignore_index)
+    keep, safe, c_y = _gather_target(centered, target, ignore_index)
     z_y = c_y / std
     loss = softplus(a * (b - z_y)) / a
-    return reduce(loss, reduction, mask=keep)
+    w_y = None if weight is None else upcast(weight, x.dtype)[safe]
+    return reduce(loss, reduction, weight=w_y, mask=keep)
 
 
 LOGIT_ADJ_PAPER = Reference(
@@ -484,6 +510,7 @@ def logit_adjusted_cross_entropy(
     *,
     prior: torch.Tensor,
     tau: float = 1.0,
+    weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -503,6 +530,7 @@ def logit_adjusted_cross_entropy(
         target: ``(*)`` class indices.
         prior: ``(C,)`` positive class prior.
         tau: adjustment strength :math:`\tau \ge 0` (1 in the paper).
+        weight: optional per-class weights ``(C,)``, as in :func:`cross_entropy`.
         ignore_index: target value whose samples are left out.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -534,4 +562,4 @@ def logit_adjusted_cross_entropy(
         raise ValueError("prior must be positive for every class")
     x = upcast(logits)
     adjusted = x + tau * torch.log(upcast(prior, x.dtype))
-    return cross_entropy(adjusted, target, ignore_index=ignore_index, reduction=reduction)
+    return cross_entropy(adjusted, target, weight=weight, ignore_index=ignore_index, reduction=reduction)

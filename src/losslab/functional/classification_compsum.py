@@ -1,16 +1,28 @@
-"""The comp-sum family of classification losses (cross-entropy, GCE, MAE, sum-exponential)."""
+"""The comp-sum family of classification losses (cross-entropy, GCE, MAE, sum-exponential).
+
+Mao, Mohri and Zhong (2023) write every member as :math:`\\Phi_\\tau(u)` of
+:math:`u = \\sum_{k} e^{x_k - x_y} = 1/p_y` (their :math:`1 + \\sum_{k \\ne y}`), with
+:math:`\\Phi_\\tau(u) = (u^{1-\\tau} - 1)/(1 - \\tau)` and :math:`\\Phi_1 = \\log`; here
+also the smooth adversarial comp-sum loss of the same paper.
+"""
 from __future__ import annotations
 
 import torch
 
-from .._checks import check_class_target, check_in_range, check_nonnegative
-from .._numerics import upcast
+from .._checks import (
+    check_class_target,
+    check_class_weight,
+    check_in_range,
+    check_nonnegative,
+    check_same_shape,
+)
+from .._numerics import compute_dtype, upcast
 from .._reduction import reduce
-from ..registry import Reference, register
-from ._examples import classification_example
+from ..registry import Example, Reference, register
+from ._examples import classification_example, randint, randn
 from .classification import _check_logits, _gather_target
 
-__all__ = ["comp_sum_loss", "generalized_cross_entropy"]
+__all__ = ["comp_sum_loss", "generalized_cross_entropy", "adversarial_comp_sum_loss"]
 
 COMPSUM_PAPER = Reference(
     title="Cross-Entropy Loss Functions: Theoretical Analysis and Applications",
@@ -24,6 +36,30 @@ GCE_PAPER = Reference(
     year=2018,
     url="https://arxiv.org/abs/1805.07836",
 )
+
+
+def _phi_tau(log_u: torch.Tensor, tau: float) -> torch.Tensor:
+    """:math:`\\Phi_\\tau(u)` from :math:`\\log u`, in log-space.
+
+    ``u ** (1 - tau)`` is ``exp((1 - tau) * log u)``; ``expm1`` keeps the relative accuracy of
+    ``(u^{1-tau} - 1) / (1 - tau)`` when ``(1 - tau) log u`` is small (``tau`` near 1, or
+    ``u`` near 1), where ``exp(.) - 1`` would cancel catastrophically.
+    """
+    if tau == 1:
+        return log_u
+    return torch.expm1((1.0 - tau) * log_u) / (1.0 - tau)
+
+
+def _comp_sum_unreduced(x, target, tau, ignore_index):
+    """``keep``, ``safe`` target and the per-sample comp-sum loss of float logits ``x``."""
+    keep, safe, x_y = _gather_target(x, target, ignore_index)
+    # log u = log sum_k exp(x_k - x_y) = logsumexp(x) - x_y >= 0: no overflow for any logits.
+    log_u = torch.logsumexp(x, dim=-1) - x_y
+    return keep, safe, _phi_tau(log_u, tau)
+
+
+def _class_weight(weight, safe, dtype):
+    return None if weight is None else upcast(weight, dtype)[safe]
 
 
 @register(
@@ -42,32 +78,41 @@ def comp_sum_loss(
     target: torch.Tensor,
     *,
     tau: float,
+    weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
     r"""Comp-sum loss Φ_τ(Σ_k exp(x_k − x_y)): one family for sum-exponential, CE, GCE and MAE.
 
-    With :math:`u = \sum_k e^{x_k - x_y} = 1/p_y`,
+    With :math:`u = \sum_k e^{x_k - x_y} = 1 + \sum_{k \ne y} e^{x_k - x_y} = 1/p_y`,
 
     .. math::
         \ell_\tau = \Phi_\tau(u), \qquad
         \Phi_\tau(u) = \begin{cases} \log u & \tau = 1,\\
         \dfrac{u^{1-\tau} - 1}{1 - \tau} & \tau \ne 1. \end{cases}
 
-    Members: :math:`\tau = 0` the sum-exponential loss :math:`\sum_{k\ne y} e^{x_k - x_y}`;
-    :math:`\tau = 1` cross-entropy; :math:`\tau \in (1, 2)` generalized cross-entropy with
-    :math:`q = \tau - 1`; :math:`\tau = 2` the mean absolute error :math:`1 - p_y`. Larger
-    :math:`\tau` is more robust to label noise (bounded for :math:`\tau > 1`) and slower to fit.
+    This is the paper's definition with no extra normalization. Members:
+    :math:`\tau = 0` the sum-exponential loss :math:`\sum_{k\ne y} e^{x_k - x_y}`;
+    :math:`\tau = 1` cross-entropy; :math:`\tau \in (1, 2)` generalized cross-entropy
+    :math:`(1 - p_y^q)/q` with :math:`q = \tau - 1`; :math:`\tau = 2` the mean absolute error
+    :math:`1 - p_y` (half of Ghosh et al.'s :math:`\lVert e_y - p\rVert_1 = 2(1 - p_y)`).
+    Larger :math:`\tau` is more robust to label noise (bounded by :math:`1/(\tau - 1)` for
+    :math:`\tau > 1`) and slower to fit.
 
     Computed in log-space: :math:`\log u = \operatorname{logsumexp}(x) - x_y` and
     :math:`\Phi_\tau(u) = \operatorname{expm1}((1-\tau)\log u)/(1-\tau)`, which is accurate
     near :math:`\tau = 1`. For :math:`\tau < 1` the loss itself grows exponentially in the
     logit gap and can overflow float32 (a property of the loss, not of the code).
 
+    ``weight`` follows ``F.cross_entropy``: sample :math:`i` is multiplied by
+    :math:`w_{y_i}` and ``"mean"`` divides by :math:`\sum_i w_{y_i}` over kept samples, so
+    ``comp_sum_loss(..., tau=1, weight=w)`` equals ``F.cross_entropy(..., weight=w)``.
+
     Args:
         logits: ``(*, C)``.
         target: ``(*)`` class indices.
         tau: :math:`\tau \ge 0`.
+        weight: optional per-class weights ``(C,)``.
         ignore_index: target value whose samples are left out.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -90,15 +135,11 @@ def comp_sum_loss(
     """
     _check_logits(logits)
     check_nonnegative(tau, "tau")
+    check_class_weight(weight, logits.shape[-1])
     check_class_target(target, logits, ignore_index=ignore_index)
     x = upcast(logits)
-    keep, _, x_y = _gather_target(x, target, ignore_index)
-    log_u = torch.logsumexp(x, dim=-1) - x_y
-    if tau == 1:
-        loss = log_u
-    else:
-        loss = torch.expm1((1.0 - tau) * log_u) / (1.0 - tau)
-    return reduce(loss, reduction, mask=keep)
+    keep, safe, loss = _comp_sum_unreduced(x, target, tau, ignore_index)
+    return reduce(loss, reduction, weight=_class_weight(weight, safe, x.dtype), mask=keep)
 
 
 @register(
@@ -116,6 +157,7 @@ def generalized_cross_entropy(
     target: torch.Tensor,
     *,
     q: float = 0.7,
+    weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -125,12 +167,15 @@ def generalized_cross_entropy(
 
     computed as :math:`-\operatorname{expm1}(q \log p_y)/q` from ``log_softmax`` (never
     from ``softmax``, whose :math:`p_y` underflows). Bounded by :math:`1/q`, hence robust
-    to label noise; the comp-sum loss with :math:`\tau = 1 + q`.
+    to label noise; the comp-sum loss with :math:`\tau = 1 + q`. The paper's truncated
+    variant :math:`L_{trunc}` (a per-sample pruning schedule) is not included.
+    ``weight`` follows ``F.cross_entropy`` (see :func:`comp_sum_loss`).
 
     Args:
         logits: ``(*, C)``.
         target: ``(*)`` class indices.
         q: :math:`q \in (0, 1]` (0.7 in the paper).
+        weight: optional per-class weights ``(C,)``.
         ignore_index: target value whose samples are left out.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -151,8 +196,116 @@ def generalized_cross_entropy(
     """
     _check_logits(logits)
     check_in_range(q, "q", 0.0, 1.0, low_inclusive=False)
+    check_class_weight(weight, logits.shape[-1])
     check_class_target(target, logits, ignore_index=ignore_index)
     x = upcast(logits)
-    keep, _, logp_y = _gather_target(torch.log_softmax(x, dim=-1), target, ignore_index)
+    keep, safe, logp_y = _gather_target(torch.log_softmax(x, dim=-1), target, ignore_index)
+    # 1 - p^q = -expm1(q log p): exact as p -> 1, and p^q never formed from an underflowed p.
     loss = -torch.expm1(q * logp_y) / q
-    return reduce(loss, reduction, mask=keep)
+    return reduce(loss, reduction, weight=_class_weight(weight, safe, x.dtype), mask=keep)
+
+
+def _adversarial_example() -> Example:
+    n, c = 7, 5
+
+    def make(gen):
+        x = randn(gen, n, c)
+        return (x, x + 0.3 * randn(gen, n, c), randint(gen, c, n)), {"tau": 1.5, "nu": 0.5}
+
+    def mismatch(gen):
+        return (randn(gen, n, c), randn(gen, n, c + 1), randint(gen, c, n)), {"tau": 1.5, "nu": 0.5}
+
+    return Example(make=make, mismatch=mismatch, logits=(0, 1))
+
+
+@register(
+    "adversarial_comp_sum_loss",
+    family="classification",
+    reference=COMPSUM_PAPER,
+    seed=COMPSUM_PAPER.title,
+    example=_adversarial_example(),
+    input_kind="logits",
+    adversarial=True,
+)
+def adversarial_comp_sum_loss(
+    logits: torch.Tensor,
+    adv_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    tau: float,
+    nu: float = 1.0,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Smooth adversarial comp-sum loss: comp-sum on clean logits plus ν‖Δ(x′) − Δ(x)‖₂.
+
+    With :math:`\Delta(x) = (x_k - x_y)_{k}` the vector of score differences to the target
+    (the paper's :math:`\Delta_h(x, y)`), ``logits`` :math:`= h(x)` and ``adv_logits``
+    :math:`= h(x')` the scores of a perturbed input,
+
+    .. math::
+        \ell = \Phi_\tau\Big(\sum_k e^{x_k - x_y}\Big)
+             + \nu\,\big\lVert \Delta(x') - \Delta(x) \big\rVert_2,
+        \qquad \big(\Delta(x') - \Delta(x)\big)_k = (x'_k - x_k) - (x'_y - x_y).
+
+    The paper takes the supremum of the penalty over :math:`\lVert x' - x\rVert_p \le \gamma`;
+    crafting :math:`x'` is the caller's job (e.g. a few PGD steps that maximize the
+    penalty or the loss, as in the paper's ADV-COMP-SUM algorithm), so this function
+    evaluates the loss at the given perturbed scores. The penalty is the (unsquared)
+    Euclidean norm of the paper; it is 0 when :math:`x'` only shifts all scores by the
+    same amount. At :math:`\Delta(x') = \Delta(x)` the norm has a kink; its gradient there is
+    taken as 0 (torch's convention for the norm at 0). ``nu = 1`` is our default, not the
+    paper's; :math:`\tau = 1` gives the adversarial cross-entropy variant the paper
+    evaluates. ``weight`` multiplies the whole per-sample loss by :math:`w_{y_i}` and
+    ``"mean"`` divides by their sum (``F.cross_entropy``'s rule).
+
+    Args:
+        logits: clean scores ``(*, C)``.
+        adv_logits: scores of the perturbed inputs ``(*, C)``.
+        target: ``(*)`` class indices.
+        tau: comp-sum parameter :math:`\tau \ge 0` (see :func:`comp_sum_loss`).
+        nu: penalty coefficient :math:`\nu \ge 0`.
+        weight: optional per-class weights ``(C,)``.
+        ignore_index: target value whose samples are left out.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        logits and adv_logits ``(*, C)``, target ``(*)``; output ``(*)`` for ``"none"``,
+        else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import adversarial_comp_sum_loss, comp_sum_loss
+        >>> x, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+        >>> adv = x + torch.tensor([[-0.5, 0.5, 0.0]])   # e.g. model(pgd(inputs)) in training
+        >>> pen = adversarial_comp_sum_loss(x, adv, t, tau=1.0, nu=1.0) - comp_sum_loss(x, t, tau=1.0)
+        >>> round(pen.item(), 4)  # ||(0, 1, 0.5)||_2
+        1.118
+        >>> adversarial_comp_sum_loss(x, x + 3.0, t, tau=1.0).item() == comp_sum_loss(x, t, tau=1.0).item()
+        True
+
+    References:
+        Mao, Mohri, Zhong, "Cross-Entropy Loss Functions: Theoretical Analysis and
+        Applications", ICML 2023, https://arxiv.org/abs/2304.07288 (smooth adversarial
+        comp-sum losses); Madry et al., "Towards Deep Learning Models Resistant to
+        Adversarial Attacks", 2018, https://arxiv.org/abs/1706.06083 (PGD).
+    """
+    _check_logits(logits)
+    _check_logits(adv_logits, "adv_logits")
+    check_same_shape(adv_logits, logits, ("adv_logits", "logits"))
+    check_nonnegative(tau, "tau")
+    check_nonnegative(nu, "nu")
+    check_class_weight(weight, logits.shape[-1])
+    check_class_target(target, logits, ignore_index=ignore_index)
+    dtype = compute_dtype(logits, adv_logits)
+    x, xa = upcast(logits, dtype), upcast(adv_logits, dtype)
+    keep, safe, loss = _comp_sum_unreduced(x, target, tau, ignore_index)
+    if nu > 0:
+        # Differences first, then centre on the target entry: Δ(x') - Δ(x) is invariant to a
+        # common shift of either score vector, and no large score is ever subtracted from
+        # another unrelated one (d stays as small as the perturbation itself).
+        d = xa - x
+        d = d - d.gather(-1, safe.unsqueeze(-1))
+        loss = loss + nu * torch.linalg.vector_norm(d, dim=-1)
+    return reduce(loss, reduction, weight=_class_weight(weight, safe, dtype), mask=keep)
