@@ -178,3 +178,191 @@ def test_jsd_contrastive_logits_matches_adacad_rule():
     ref = (1 + alpha.unsqueeze(-1)) * a - alpha.unsqueeze(-1) * b
     torch.testing.assert_close(out, ref)
     assert (LF.jsd_contrastive_logits(a, b, return_alpha=True)[1] <= math.log(2)).all()
+
+
+# --------------------------------------------------------------------------- zero classes, extremes, dtypes
+FINITE_CASES = [("kl", 0.5), ("reverse_kl", 0.5), ("js", 0.5), ("total_variation", 0.5), ("hellinger", 0.5),
+                ("chi2", 0.5), ("jeffreys", 0.5), ("alpha", 0.3), ("alpha", 2.0), ("alpha", -0.5)]
+
+
+@pytest.mark.parametrize("name,alpha", FINITE_CASES)
+def test_class_with_zero_probability_under_both_is_ignored(name, alpha):
+    """A class with p = q = 0 contributes nothing: same value as without that class, finite gradients."""
+    a, b = _pq(7, n=4, c=5)
+    inf = torch.full((4, 1), -float("inf"), dtype=F64)
+    pa = torch.cat([a, inf], -1).requires_grad_(True)
+    pb = torch.cat([b, inf], -1).requires_grad_(True)
+    out = LF.f_divergence(pa, pb, divergence=name, alpha=alpha, reduction="none")
+    torch.testing.assert_close(out, LF.f_divergence(a, b, divergence=name, alpha=alpha, reduction="none"))
+    out.sum().backward()
+    assert torch.isfinite(pa.grad).all() and torch.isfinite(pb.grad).all()
+    assert (pa.grad[:, -1] == 0).all() and (pb.grad[:, -1] == 0).all()
+
+
+@pytest.mark.parametrize("name,alpha", FINITE_CASES)
+def test_zero_class_in_one_distribution_matches_loop(name, alpha):
+    """p_k = 0 < q_k (and the mirror case): the value of the definition's loop, +inf where it is infinite."""
+    inf = float("inf")
+    p = torch.tensor([[0.3, -inf, 1.0, 0.0]], dtype=F64)
+    q = torch.tensor([[0.0, 0.5, -0.4, 0.2]], dtype=F64)
+    for x, y in ((p, q), (q, p)):
+        px, qy = torch.softmax(x, -1)[0].tolist(), torch.softmax(y, -1)[0].tolist()
+        gen = generator(name, alpha=alpha)
+
+        # f'(inf) = lim_{u->inf} f(u)/u, worked out by hand from each generator.
+        slope = {"kl": inf, "reverse_kl": 0.0, "js": 0.5 * math.log(2), "total_variation": 0.5, "hellinger": 0.5,
+                 "chi2": inf, "jeffreys": inf, "alpha": inf if alpha > 1 else 1 / (1 - alpha)}[name]
+
+        def term(pk, qk):  # q f(p/q), with 0 f(p/0) = p f'(inf) and 0 f(0/0) = 0
+            if qk > 0:
+                return qk * gen.f(torch.tensor(pk / qk, dtype=F64)).item()
+            return 0.0 if pk == 0 else pk * slope
+
+        ref = sum(term(pk, qk) for pk, qk in zip(px, qy))
+        out = LF.f_divergence(x, y, divergence=name, alpha=alpha).item()
+        if math.isinf(ref):
+            assert out == inf
+        else:
+            assert out == pytest.approx(ref, rel=1e-6, abs=1e-9)
+
+
+# chi^2 and alpha outside [0, 1] grow like exp(log-ratio): e^{1e4} is finite mathematically but
+# overflows float32 (documented); the others are at most linear in the logit gap.
+BOUNDED_BY_LOGIT_GAP = [("kl", 0.5), ("reverse_kl", 0.5), ("js", 0.5), ("total_variation", 0.5),
+                        ("hellinger", 0.5), ("jeffreys", 0.5), ("alpha", 0.3), ("alpha", 0.9)]
+
+
+@pytest.mark.parametrize("name,alpha", BOUNDED_BY_LOGIT_GAP)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_extreme_logits_finite_in_low_precision(name, alpha, dtype):
+    a, b = _pq(8, n=5, c=9)
+    scale = 6e4 if dtype == torch.float16 else 1e4  # fp16 tops out at 65504
+    a = (a / a.abs().max() * scale).to(dtype).requires_grad_(True)
+    b = (b / b.abs().max() * scale).to(dtype).requires_grad_(True)
+    out = LF.f_divergence(a, b, divergence=name, alpha=alpha, reduction="none")
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    ref = LF.f_divergence(a.detach().float(), b.detach().float(), divergence=name, alpha=alpha, reduction="none")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_chi2_overflows_to_inf_not_nan_at_extreme_logits():
+    a, b = _pq(9)
+    out = LF.f_divergence((a * 1e4).float(), (b * 1e4).float(), divergence="chi2", reduction="none")
+    assert not torch.isnan(out).any() and (out > 0).all()
+
+
+# --------------------------------------------------------------------------- conventions
+def test_named_divergences_equal_their_dedicated_functions():
+    a, b = _pq(10)
+    F = lambda name, **kw: LF.f_divergence(a, b, divergence=name, reduction="none", **kw)  # noqa: E731
+    torch.testing.assert_close(F("kl"), LF.kl_divergence(a, b, reduction="none"), rtol=0, atol=0)
+    torch.testing.assert_close(F("reverse_kl"), LF.kl_divergence(b, a, reduction="none"), rtol=0, atol=0)
+    torch.testing.assert_close(F("js"), LF.js_divergence(a, b, reduction="none"), rtol=0, atol=0)
+    torch.testing.assert_close(F("alpha", alpha=0.7), LF.alpha_divergence(a, b, alpha=0.7, reduction="none"))
+    torch.testing.assert_close(F("total_variation"), LF.total_variation(a, b, reduction="none"))
+    torch.testing.assert_close(F("hellinger"), LF.hellinger_distance(a, b, squared=True, reduction="none"))
+    torch.testing.assert_close(F("hellinger"), LF.hellinger_distance(a, b, reduction="none") ** 2)
+    torch.testing.assert_close(F("jeffreys"), F("kl") + F("reverse_kl"))
+    # Amari alpha = 1/2 is 4 (1 - Bhattacharyya coefficient) = 4 H^2 (H^2 = 1 - BC).
+    torch.testing.assert_close(F("alpha", alpha=0.5), 4 * F("hellinger"))
+
+
+def test_mean_is_per_sample_mean_like_batchmean():
+    """reduction='mean' averages per-sample KLs: F.kl_div(..., 'batchmean') for 2-D input, not 'mean'."""
+    a, b = _pq(11, n=5, c=8)
+    ref = TF.kl_div(torch.log_softmax(b, -1), torch.log_softmax(a, -1), log_target=True, reduction="batchmean")
+    torch.testing.assert_close(LF.kl_divergence(a, b), ref)
+
+
+def test_token_level_leading_dims_and_mask():
+    g = torch.Generator().manual_seed(12)
+    a, b = torch.randn(2, 3, 6, generator=g, dtype=F64), torch.randn(2, 3, 6, generator=g, dtype=F64)
+    labels = torch.tensor([[1, 2, -100], [4, -100, -100]])
+    mask = labels != -100
+    none = LF.js_divergence(a, b, reduction="none")
+    assert none.shape == (2, 3)
+    torch.testing.assert_close(none, LF.js_divergence(a.reshape(6, 6), b.reshape(6, 6), reduction="none").reshape(2, 3))
+    torch.testing.assert_close(LF.js_divergence(a, b, mask=mask), none[mask].mean())
+    torch.testing.assert_close(LF.js_divergence(a, b, mask=mask, reduction="sum"), none[mask].sum())
+
+
+def test_alpha_converges_to_kl_at_first_order():
+    """D_alpha = KL + O(|alpha - 1|) (and KL(Q||P) + O(alpha) at 0): error shrinks 10x per decade of h."""
+    a, b = _pq(13)
+    kl_pq, kl_qp = LF.kl_divergence(a, b, reduction="none"), LF.kl_divergence(b, a, reduction="none")
+    for target, at in ((kl_pq, lambda h: 1 - h), (kl_pq, lambda h: 1 + h), (kl_qp, lambda h: h), (kl_qp, lambda h: -h)):
+        e3 = (LF.alpha_divergence(a, b, alpha=at(1e-3), reduction="none") - target).abs()
+        e4 = (LF.alpha_divergence(a, b, alpha=at(1e-4), reduction="none") - target).abs()
+        assert (e4 < 0.15 * e3).all() and (e4 < 1e-3 * target).all()
+
+
+def test_alpha_generator_matches_trl_score_and_limits():
+    """TRL >= 1.x alpha score (FORMULAS.md): (e^{(alpha-1) r} - 1)/(alpha - 1) = f'(e^r), same alpha."""
+    r = torch.linspace(-3, 3, 13, dtype=F64)
+    for alpha in (0.2, 0.5, 1.5):
+        torch.testing.assert_close(generator("alpha", alpha=alpha).f_prime(r.exp()),
+                                   torch.expm1((alpha - 1) * r) / (alpha - 1))
+    assert generator("alpha", alpha=1.0) is F_DIVERGENCES["kl"]
+    assert generator("alpha", alpha=0.0) is F_DIVERGENCES["reverse_kl"]
+    # Near alpha = 1 the score tends to TRL's reverse-KL score r.
+    torch.testing.assert_close(generator("alpha", alpha=1 + 1e-7).f_prime(r.exp()), r, rtol=1e-5, atol=1e-6)
+
+
+def test_generalized_js_bounded_by_binary_entropy():
+    a, b = _pq(14, scale=8.0)
+    for beta in (0.1, 0.3, 0.9):
+        h = -(beta * math.log(beta) + (1 - beta) * math.log(1 - beta))
+        assert (LF.generalized_js_divergence(a, b, beta=beta, reduction="none") <= h + 1e-12).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(FINITE_CASES))
+def test_f_divergences_strictly_positive_when_distributions_differ(seed, case):
+    name, alpha = case
+    a, b = _pq(seed)
+    assert (LF.f_divergence(a, b, divergence=name, alpha=alpha, reduction="none") > 0).all()
+
+
+def test_nan_input_rejected_when_validation_on():
+    import losslab
+
+    a = torch.randn(3, 4)
+    bad = a.clone()
+    bad[1, 2] = float("nan")
+    for fn in (LF.kl_divergence, LF.js_divergence, LF.total_variation, LF.f_divergence):
+        with pytest.raises(ValueError, match="NaN"):
+            fn(bad, a)
+        with pytest.raises(ValueError, match="NaN"):
+            fn(a, bad)
+    with losslab.validation(False):
+        assert torch.isnan(LF.kl_divergence(bad, a, reduction="none")[1])
+
+
+def test_more_bad_input():
+    a = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="temperature"):
+        LF.js_divergence(a, a, temperature=-1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        LF.alpha_divergence(a, a, alpha=float("inf"))
+    with pytest.raises(ValueError, match="alpha"):
+        generator("alpha", alpha=float("nan"))
+    with pytest.raises(ValueError, match="beta"):
+        LF.generalized_js_divergence(a, a, beta=0.0)
+    with pytest.raises(ValueError, match="offset"):
+        LF.jsd_contrastive_logits(a, a, offset=float("nan"))
+    with pytest.raises(ValueError, match="same shape"):
+        LF.jsd_contrastive_logits(a, torch.randn(3, 5))
+
+
+def test_jsd_contrastive_logits_banned_tokens_and_no_conflict():
+    inf = float("inf")
+    ctx = torch.tensor([[1.0, -inf, 0.5, 2.0]])
+    noctx = torch.tensor([[0.0, -inf, 1.5, 2.0]])
+    out, alpha = LF.jsd_contrastive_logits(ctx, noctx, return_alpha=True)
+    assert out[0, 1] == -inf and torch.isfinite(out[0, [0, 2, 3]]).all()
+    ref = (1 + alpha) * ctx[0, [0, 2, 3]] - alpha * noctx[0, [0, 2, 3]]
+    torch.testing.assert_close(out[0, [0, 2, 3]], ref)
+    # A half-precision input gives float32 logits.
+    assert LF.jsd_contrastive_logits(ctx.bfloat16(), noctx.bfloat16()).dtype == torch.float32

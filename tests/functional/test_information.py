@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from losslab import functional as LF
 
@@ -105,3 +107,154 @@ def test_cs_qmi_matches_loop_and_is_nonnegative():
         assert LF.cs_quadratic_mutual_information(a, b).item() >= -1e-12
     with pytest.raises(ValueError, match="same number of samples"):
         LF.cs_quadratic_mutual_information(x, t[:5])
+
+
+# --------------------------------------------------------------------------- Vendi properties
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 10_000), st.sampled_from([0.5, 1.0, 2.0, math.inf]))
+def test_vendi_identical_is_one_orthogonal_is_n(n, seed, q):
+    """Vendi paper, properties: n identical samples score 1; n mutually orthogonal samples score n."""
+    g = torch.Generator().manual_seed(seed)
+    d = n + 3
+    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))  # random orthonormal columns
+    scales = torch.rand(n, 1, generator=g, dtype=F64) + 0.5  # norms do not matter (cosine kernel)
+    ortho = basis[:, :n].T * scales
+    assert LF.vendi_score(ortho, q=q).item() == pytest.approx(n, rel=1e-9)
+    same = torch.randn(1, d, generator=g, dtype=F64).expand(n, d) * scales
+    assert LF.vendi_score(same, q=q).item() == pytest.approx(1.0, rel=1e-9)
+
+
+def test_vendi_dual_equals_primal_and_callable_kernel():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(50, 4, generator=g, dtype=F64)  # n > d: the d x d dual is used
+    xn = x / x.norm(dim=-1, keepdim=True)
+    lam = np.linalg.eigvalsh((xn @ xn.T).numpy() / 50)  # primal n x n spectrum, NumPy
+    lam = np.clip(lam, 0, None)
+    lam = lam[lam > 50 * np.finfo(float).eps * lam.max()]
+    lam = lam / lam.sum()
+    np.testing.assert_allclose(LF.vendi_score(x).item(), math.exp(-(lam * np.log(lam)).sum()), rtol=1e-10)
+    rbf = lambda z: torch.exp(-torch.cdist(z, z) ** 2)  # noqa: E731  unit diagonal
+    torch.testing.assert_close(LF.vendi_score(x, q=2.0, kernel=rbf), LF.vendi_score_from_kernel(rbf(x), q=2.0))
+    with pytest.raises(ValueError, match="kernel"):
+        LF.vendi_score(x, kernel="rbf")
+
+
+@pytest.mark.parametrize("q", [0.0, -1.0, float("nan"), "2"])
+def test_vendi_rejects_bad_order(q):
+    with pytest.raises(ValueError, match="q must be"):
+        LF.vendi_score(torch.randn(4, 3), q=q)
+    with pytest.raises(ValueError, match="q must be"):
+        LF.vendi_score_from_kernel(torch.eye(3), q=q)
+
+
+# --------------------------------------------------------------------------- DSE / DSMI
+def _dse_numpy(x, sigma, t, drop_trivial=True):
+    """The paper's definition with NumPy: Gaussian kernel (with its 1/(sigma sqrt(2 pi))), the
+    symmetric diffusion matrix, eigenvalues sorted descending, |.|^t, Shannon entropy in bits."""
+    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    g = np.exp(-d2 / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
+    deg = g.sum(1)
+    k = g / np.sqrt(np.outer(deg, deg))
+    lam = np.sort(np.linalg.eigvalsh(k))[::-1]
+    if drop_trivial:
+        lam = lam[1:]
+    a = np.abs(lam) ** t
+    p = a / a.sum()
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+@pytest.mark.parametrize("t", [1, 2, 3.5])
+@pytest.mark.parametrize("drop_trivial", [True, False])
+def test_dse_matches_numpy_definition(t, drop_trivial):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(25, 4, generator=g, dtype=F64)
+    ref = _dse_numpy(x.numpy(), 1.3, t, drop_trivial)
+    out = LF.diffusion_spectral_entropy(x, sigma=1.3, t=t, drop_trivial=drop_trivial)
+    assert out.item() == pytest.approx(ref, rel=1e-10)
+
+
+def test_dse_median_heuristic_and_low_precision():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(20, 3, generator=g, dtype=F64)
+    d = np.sqrt(((x.numpy()[:, None] - x.numpy()[None]) ** 2).sum(-1))
+    # sigma=None: the median of the 380 off-diagonal distances; torch's median of an even
+    # count is the lower middle value (NumPy's np.median would average the two middle ones).
+    lower = float(np.sort(d[~np.eye(20, dtype=bool)])[(380 - 1) // 2])
+    ref = _dse_numpy(x.numpy(), lower, 1)
+    assert LF.diffusion_spectral_entropy(x, sigma=None).item() == pytest.approx(ref, rel=1e-10)
+    out = LF.diffusion_spectral_entropy(x.bfloat16(), sigma=1.0)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, LF.diffusion_spectral_entropy(x.bfloat16().float(), sigma=1.0))
+
+
+def test_dse_orders_intrinsic_dimension():
+    """Paper's claim: DSE tracks intrinsic dimension (a line < a plane < a 3-D cloud)."""
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(90, 3, generator=g, dtype=F64)
+    line = z[:, :1] * torch.ones(1, 3, dtype=F64)
+    plane = torch.cat([z[:, :2], torch.zeros(90, 1, dtype=F64)], 1)
+    vals = [LF.diffusion_spectral_entropy(v, sigma=0.7).item() for v in (line, plane, z)]
+    assert vals[0] < vals[1] < vals[2]
+
+
+def test_dsmi_plain_form_matches_loop():
+    g = torch.Generator().manual_seed(9)
+    y = torch.tensor([0] * 10 + [1] * 7 + [2] * 5)
+    x = torch.randn(22, 3, generator=g, dtype=F64) + 1.5 * y.to(F64)[:, None]
+    xn = x.numpy()
+    ref = _dse_numpy(xn, 1.2, 2) - sum((y == c).sum().item() / 22 * _dse_numpy(xn[(y == c).numpy()], 1.2, 2)
+                                       for c in range(3))
+    out = LF.diffusion_spectral_mutual_information(x, y, sigma=1.2, t=2, num_repetitions=0)
+    assert out.item() == pytest.approx(ref, rel=1e-10)
+
+
+def test_dsmi_size_matched_properties():
+    g = torch.Generator().manual_seed(10)
+    y = torch.arange(3).repeat_interleave(30)
+    x = torch.randn(90, 2, generator=g, dtype=F64) + 5.0 * torch.stack([y == 1, y == 2], 1).to(F64)
+    kw = dict(sigma=1.0, num_repetitions=3)
+    informative = LF.diffusion_spectral_mutual_information(x, y, **kw)
+    # Labels independent of the features: DSMI is 0 in expectation (size-matched estimator).
+    shuffled = [LF.diffusion_spectral_mutual_information(x, y[torch.randperm(90, generator=g)], **kw).item()
+                for _ in range(5)]
+    assert informative.item() > 10 * abs(sum(shuffled) / 5)
+    # Deterministic for a seed; one class: the "subset" is the whole set, DSMI = 0.
+    torch.testing.assert_close(LF.diffusion_spectral_mutual_information(x, y, **kw), informative, rtol=0, atol=0)
+    one = LF.diffusion_spectral_mutual_information(x, torch.zeros(90, dtype=torch.long), **kw)
+    assert abs(one.item()) < 1e-9
+    # Gradients flow to the features.
+    xr = x.clone().requires_grad_(True)
+    LF.diffusion_spectral_mutual_information(xr, y, **kw).backward()
+    assert torch.isfinite(xr.grad).all() and xr.grad.abs().sum() > 0
+
+
+def test_dse_dsmi_bad_input():
+    x = torch.randn(10, 3)
+    y = torch.zeros(10, dtype=torch.long)
+    with pytest.raises(ValueError, match="sigma"):
+        LF.diffusion_spectral_entropy(x, sigma=0.0)
+    with pytest.raises(ValueError, match="t must"):
+        LF.diffusion_spectral_entropy(x, t=-1)
+    with pytest.raises(ValueError, match="labels"):
+        LF.diffusion_spectral_mutual_information(x, y[:4])
+    with pytest.raises(TypeError, match="labels"):
+        LF.diffusion_spectral_mutual_information(x, y.float())
+    with pytest.raises(ValueError, match="num_repetitions"):
+        LF.diffusion_spectral_mutual_information(x, y, num_repetitions=-1)
+
+
+def test_nan_rejected_when_validation_on():
+    import losslab
+
+    x = torch.randn(6, 3)
+    x[2, 1] = float("nan")
+    for fn in (LF.entropy, LF.vendi_score, LF.diffusion_spectral_entropy):
+        with pytest.raises(ValueError, match="NaN"):
+            fn(x)
+    with pytest.raises(ValueError, match="NaN"):
+        LF.conditional_mutual_information(x, torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="NaN"):
+        LF.cs_quadratic_mutual_information(x, torch.randn(6))
+    with losslab.validation(False):
+        assert torch.isnan(LF.entropy(x, reduction="none")[2])

@@ -17,6 +17,9 @@ Token-level use: leading dimensions are kept (e.g. ``(B, T, V)`` gives ``(B, T)`
 tokens out of the mean. There is no ``ignore_index``: build the mask from your labels,
 ``mask = labels != -100``.
 
+Precision: float16/bfloat16 inputs are computed in float32 and the result is float32;
+float64 stays float64.
+
 Gradients: where a divergence is finite its gradient is finite, including classes with
 zero probability under P and/or Q; where it is ``+inf`` (KL(P‖Q) with q = 0 < p, χ², α
 outside [0, 1]) the value is ``+inf`` and the gradient is not defined (inf/NaN).
@@ -326,7 +329,8 @@ def alpha_divergence(
     :math:`\sum_k p^\alpha q^{1-\alpha}` is computed as ``exp(logsumexp(α log p + (1-α) log q))``
     and :math:`1 - e^{s}` as ``-expm1(s)`` (accurate for nearby P and Q); α = 1 and α = 0 are
     dispatched to the KL divergences exactly. :math:`\alpha = \tfrac12` gives
-    :math:`4(1 - \mathrm{BC}) = 8 H^2` (Bhattacharyya coefficient, squared Hellinger).
+    :math:`4(1 - \mathrm{BC}) = 4 H^2` (Bhattacharyya coefficient BC, squared Hellinger
+    distance :math:`H^2 = 1 - \mathrm{BC}` of :func:`hellinger_distance`).
 
     Conventions (P first, Q second): this is the α of Cichocki & Amari (2010), the one
     whose limits are α → 1: KL(P‖Q) and α → 0: KL(Q‖P). Amari's original ±1 index
@@ -594,7 +598,10 @@ def f_divergence(
     divergence; the value is :math:`+\infty` exactly where it is mathematically (q = 0 < p
     for ``"kl"``, ``"chi2"``, ``"jeffreys"``, ``"alpha"`` with α ≥ 1; p = 0 < q for
     ``"reverse_kl"``, ``"jeffreys"``, ``"alpha"`` with α ≤ 0). ``"js"``, ``"total_variation"``
-    and ``"hellinger"`` are always finite.
+    and ``"hellinger"`` are always finite. Magnitudes: KL, Jeffreys and α ∈ [0, 1] grow at
+    most linearly with the logit gap (finite at logits of 1e4 in float32); χ² and α outside
+    [0, 1] grow like :math:`e^{|\log(p/q)|}`, finite mathematically but beyond float32 once
+    a log-ratio exceeds ~88: they then return ``+inf`` (never NaN).
 
     Which argument is the model: P = π (policy), Q = π_ref in f-DPO / f-DPG; P = teacher,
     Q = student in distillation (so ``"kl"`` is the forward KL there).

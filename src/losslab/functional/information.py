@@ -582,9 +582,14 @@ def cs_quadratic_mutual_information(
 
     the CS divergence between the joint density and the product of marginals (≥ 0 by
     Cauchy–Schwarz); the CS-IB compression term :math:`I_{CS}(x; t)`. Sums of kernel values
-    are at least :math:`n` (unit diagonal), so no log-space is needed. ``sigma=None`` takes
-    the median pairwise distance of that sample (the reference code's default width differs:
-    pass it explicitly to reproduce).
+    are at least :math:`n` (unit diagonal), so no log-space is needed. Bandwidth heuristic:
+    ``sigma=None`` takes the median pairwise Euclidean distance within that sample (diagonal
+    excluded, lower middle value for an even count, no gradient through it). The CS-IB
+    reference code is reported to default to a width derived from 10 × the median pairwise
+    *squared* distance (our notes; not checked against its current version): pass
+    ``sigma_x``/``sigma_t`` explicitly to reproduce a given setting. Which argument is which:
+    in CS-IB, ``x`` is the input and ``t`` the learned representation (the measure is
+    symmetric).
 
     Args:
         x: ``(n, d_x)`` or ``(n,)``.
