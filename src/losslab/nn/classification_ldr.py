@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from .. import functional as F
-from .._checks import check_index
-from ..distributed import gather_no_grad
+from .._checks import check_floating, check_index, check_ndim, check_reduction
+from ..functional.classification_ldr import _aldr_kl, _check_aldr_hyper
 from ..registry import register_module
 from ._base import FunctionalLoss
 
@@ -21,29 +21,46 @@ class LDRKLLoss(FunctionalLoss, function=F.ldr_kl_loss):
 class AdaptiveLDRKLLoss(torch.nn.Module):
     r"""ALDR-KL with every training sample's λ_i kept in a buffer, indexed by dataset index.
 
-    ``forward(logits, target, index)`` reads :math:`\lambda_i` of the batch's samples,
-    applies the closed-form update of :func:`losslab.functional.aldr_kl_update`, stores
-    the new values and returns the loss of :func:`losslab.functional.aldr_kl_loss`. The
-    state is the buffer ``lam`` of shape ``(num_samples,)`` (initialised to ``lam0``): it
-    is saved by ``state_dict()``, follows ``.to()``, and a Module restored from a state
-    dict continues exactly as the original would. Under ``torch.distributed`` the new
-    values of every rank's samples are gathered and written on every rank, so the buffer
-    stays identical everywhere. Updates happen in training mode only (``.eval()`` reads
-    the state without changing it).
+    ``forward(logits, target, index)``, with ``index`` the dataset indices of the batch's
+    samples (e.g. returned by the ``Dataset`` next to each sample):
+
+    1. reads the stored :math:`\lambda_i` = ``lam[index]``;
+    2. updates them in closed form (:func:`losslab.functional.aldr_kl_update`):
+       :math:`p = \operatorname{softmax}(f/\lambda_i)`,
+       :math:`\lambda_i \leftarrow \lambda_0\big(1 - \mathrm{KL}(p\,\|\,\tfrac1K)/(\alpha\log K)\big)
+       \in [\lambda_0(1-1/\alpha), \lambda_0]`;
+    3. in training mode, writes the new values back into ``lam`` (``.eval()`` reads the
+       state without changing it);
+    4. returns :func:`losslab.functional.aldr_kl_loss` at the new :math:`\lambda_i`
+       (gradient with :math:`\lambda` held constant).
+
+    State: the buffer ``lam`` of shape ``(num_samples,)``, float32, initialised to
+    ``lam0``. It is in ``state_dict()`` and follows ``.to()``; a Module loaded from a
+    state dict continues exactly as the original would. Indices within one step should be
+    distinct (as from any sampler over the dataset); for a repeated index one of the new
+    values is kept.
+
+    Distributed: when ``torch.distributed`` is initialized, every rank's ``(index, new λ)``
+    pairs are gathered (no gradient; uneven batch sizes allowed) and written on every rank,
+    so the buffer stays identical everywhere and equal to single-process training on the
+    concatenated batch. All ranks must call ``forward`` in training mode together.
 
     Args:
         num_samples: size of the training set (indices lie in ``[0, num_samples)``).
-        lam0, alpha, margin, ignore_index, reduction: as in :func:`~losslab.functional.aldr_kl_loss`.
+        lam0, alpha, margin, logit_transform, ignore_index, reduction: as in
+            :func:`~losslab.functional.aldr_kl_loss`.
 
     Example:
         >>> import torch
         >>> from losslab.nn import AdaptiveLDRKLLoss
         >>> crit = AdaptiveLDRKLLoss(num_samples=100)
-        >>> logits, target, index = torch.randn(4, 5), torch.tensor([0, 1, 2, 3]), torch.tensor([7, 3, 50, 99])
-        >>> loss = crit(logits, target, index)
-        >>> bool((crit.lam[index] <= 10.0).all()) and float(crit.lam[0]) == 10.0
-        True
+        >>> logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+        >>> loss = crit(logits, torch.tensor([0, 2]), torch.tensor([7, 50]))
+        >>> crit.lam[[7, 50, 0]]      # sample 7 is confident: smaller lambda; 0 was not visited
+        tensor([ 9.9132, 10.0000, 10.0000])
     """
+
+    lam: torch.Tensor
 
     def __init__(
         self,
@@ -52,34 +69,54 @@ class AdaptiveLDRKLLoss(torch.nn.Module):
         lam0: float = 10.0,
         alpha: float = 2.0,
         margin: float = 0.1,
+        logit_transform: str | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if not isinstance(num_samples, int) or num_samples < 1:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        _check_aldr_hyper(lam0, alpha, logit_transform)
+        check_reduction(reduction)
         self.lam0, self.alpha, self.margin = float(lam0), float(alpha), float(margin)
-        self.ignore_index, self.reduction = ignore_index, reduction
-        self.register_buffer("lam", torch.full((num_samples,), float(lam0), dtype=torch.float64))
+        self.logit_transform, self.ignore_index, self.reduction = logit_transform, ignore_index, reduction
+        self.register_buffer("lam", torch.full((num_samples,), float(lam0), dtype=torch.float32))
+
+    @property
+    def num_samples(self) -> int:
+        return self.lam.shape[0]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        check_index(index, "index", length=logits.shape[0], size=self.lam.shape[0])
-        new_lam = F.aldr_kl_update(logits, self.lam[index], lam0=self.lam0, alpha=self.alpha)
-        loss = F.aldr_kl_loss(
+        check_floating(logits, "logits")
+        check_ndim(logits, "logits", 2)
+        check_index(index, "index", length=logits.shape[0], size=self.num_samples)
+        index = index.to(self.lam.device)
+        loss, new_lam = _aldr_kl(
             logits,
             target,
-            new_lam,
+            self.lam[index].to(logits.device),
             lam0=self.lam0,
             alpha=self.alpha,
             margin=self.margin,
+            logit_transform=self.logit_transform,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
         )
         if self.training:
-            all_index = gather_no_grad(index)
-            all_lam = gather_no_grad(new_lam.to(self.lam.dtype))
-            self.lam[all_index] = all_lam
+            self._store(index, new_lam)
         return loss
 
+    @torch.no_grad()
+    def _store(self, index: torch.Tensor, new_lam: torch.Tensor) -> None:
+        new_lam = new_lam.detach().to(device=self.lam.device, dtype=self.lam.dtype)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Imported here: single-process use never touches the collectives.
+            from ..distributed import gather_no_grad
+
+            index = gather_no_grad(index)
+            new_lam = gather_no_grad(new_lam)
+        self.lam[index] = new_lam
+
     def extra_repr(self) -> str:
-        return f"num_samples={self.lam.shape[0]}, lam0={self.lam0}, alpha={self.alpha}, margin={self.margin}"
+        return (f"num_samples={self.num_samples}, lam0={self.lam0}, alpha={self.alpha}, margin={self.margin}, "
+                f"logit_transform={self.logit_transform!r}")
