@@ -1,4 +1,244 @@
-"""contrastive robust objectives (see CATALOG.md)."""
+"""Robust contrastive objectives: SogCLR's compositional estimator and iSogCLR's individualized temperatures.
+
+The functions here are pure: state (moving-average denominators, temperatures) goes in as
+tensors and, with ``return_state=True``, the updated state comes back; the stateful Modules
+in :mod:`losslab.nn.contrastive_robust` keep it in registered buffers indexed by dataset
+index.
+"""
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_floating, check_in_range, check_ndim, check_nonnegative, check_reduction, validation_enabled
+from .._numerics import compute_dtype, upcast
+from .._reduction import reduce
+from ..registry import Example, Reference, register
+from ._examples import randn
+
+__all__ = ["robust_contrastive_loss", "RobustContrastiveOutput"]
+
+ISOGCLR_PAPER = Reference(
+    title="Not All Semantics are Created Equal: Contrastive Self-supervised Learning with Automatic Temperature "
+    "Individualization",
+    authors="Zi-Hao Qiu, Quanqi Hu, Zhuoning Yuan, Denny Zhou, Lijun Zhang, Tianbao Yang",
+    year=2023,
+    url="https://arxiv.org/abs/2305.11965",
+)
+ISOGCLR_SEED = (
+    "Not All Semantics are Created Equal: Contrastive Self-supervised Learning with Automatic Temperature "
+    "Individualization"
+)
+
+
+class RobustContrastiveOutput(NamedTuple):
+    """What :func:`robust_contrastive_loss` returns with ``return_state=True``.
+
+    Attributes:
+        loss: the reduced loss (as without ``return_state``).
+        log_u: ``(B, 2)`` updated :math:`\\log u_i` of the local anchors (column 0: anchors from
+            ``z1``, column 1: anchors from ``z2``), detached.
+        tau_grad: ``(B,)`` iSogCLR's stochastic gradient of the robust objective with respect to
+            each anchor's temperature (mean of the two directions), detached.
+    """
+
+    loss: torch.Tensor
+    log_u: torch.Tensor
+    tau_grad: torch.Tensor
+
+
+def _check_temperature(temperature, n: int, dtype, device) -> torch.Tensor:
+    if isinstance(temperature, torch.Tensor):
+        check_floating(temperature, "temperature")
+        if temperature.shape != (n,):
+            raise ValueError(f"temperature must be a number or a ({n},) tensor (one per sample), got {tuple(temperature.shape)}")
+        if validation_enabled() and n > 0 and not bool((temperature > 0).all()):
+            raise ValueError(f"temperature must be > 0, found {float(temperature.min()):.4g}")
+        return upcast(temperature.detach(), dtype)
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number > 0 (or a tensor of them), got {temperature!r}")
+    return torch.full((n,), float(temperature), dtype=dtype, device=device)
+
+
+def _direction(anchors, cands_self, cands_other, own, tau, log_u_old, gamma):
+    r"""One direction of the loss for local ``anchors`` against the gathered views.
+
+    Negatives of anchor ``i``: every gathered view of ``cands_self`` and ``cands_other`` except the
+    two at ``own[i]``. Returns (per-anchor surrogate loss, new log u, tau gradient without rho).
+    """
+    n, m = anchors.shape[0], cands_self.shape[0]
+    num_neg = 2 * m - 2
+    s_pos = (anchors * cands_other[own]).sum(-1)
+    logits = torch.cat([anchors @ cands_self.T, anchors @ cands_other.T], 1)  # (n, 2m)
+    h = (logits - s_pos[:, None]) / tau[:, None]  # h_iz / tau_i
+    rows = torch.arange(n, device=anchors.device)
+    # The anchor's own two views are not negatives: -inf drops them from every log-sum-exp.
+    excluded = torch.zeros_like(h, dtype=torch.bool)
+    excluded[rows, own] = True
+    excluded[rows, own + m] = True
+    h = h.masked_fill(excluded, float("-inf"))
+    # log g_i = log mean_z exp(h_iz / tau_i), in log space: finite for any temperature.
+    log_g = torch.logsumexp(h, dim=1) - math.log(max(num_neg, 1))
+    lg = log_g.detach()
+    if log_u_old is None:
+        log_u = lg
+    else:
+        mixed = torch.logaddexp(log_u_old + math.log1p(-gamma), lg + math.log(gamma)) if gamma < 1 else lg
+        # -inf marks an anchor never seen before: its estimate starts at the current batch value.
+        log_u = torch.where(torch.isneginf(log_u_old), lg, mixed)
+    # Value tau_i * log g_i (the mini-batch loss); gradient tau_i * grad(g_i) / u_i (SogCLR's
+    # estimator): r = g_i / u_i = exp(log g_i - log u_i) <= 1 / gamma since u_i includes gamma * g_i.
+    r = torch.exp(log_g - log_u)
+    surrogate = tau * (lg + (r - r.detach()))
+    with torch.no_grad():
+        # d/d tau_i of tau_i log u_i: log u_i - E_z[(exp(h_iz/tau_i) / u_i) * h_iz / tau_i].
+        w = torch.exp(h.detach() - math.log(max(num_neg, 1)) - log_u[:, None])
+        hz = torch.where(excluded, torch.zeros((), dtype=h.dtype, device=h.device), h.detach())
+        tau_grad = log_u - (w * hz).sum(1)
+    return surrogate, log_u, tau_grad
+
+
+def _robust(z1, z2, temperature, log_u, gamma, gather, group):
+    dtype = compute_dtype(z1, z2)
+    for x, name in ((z1, "z1"), (z2, "z2")):
+        check_floating(x, name)
+        check_ndim(x, name, 2)
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same shape (two views of the same batch), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    check_in_range(gamma, "gamma", 0.0, 1.0, low_inclusive=False)
+    n = z1.shape[0]
+    a1, a2 = F.normalize(upcast(z1, dtype), dim=-1), F.normalize(upcast(z2, dtype), dim=-1)
+    tau = _check_temperature(temperature, n, dtype, a1.device)
+    if log_u is not None:
+        check_floating(log_u, "log_u")
+        if log_u.shape != (n, 2):
+            raise ValueError(f"log_u must have shape ({n}, 2) (one estimate per anchor and direction), got {tuple(log_u.shape)}")
+        log_u = upcast(log_u.detach(), dtype)
+    world, offset, total = 1, 0, n
+    c1, c2 = a1, a2
+    if gather or group is not None:
+        from ..distributed import gather as _gather
+        from ..distributed import gather_no_grad, rank_and_world
+
+        rank, world = rank_and_world(group)
+        if world > 1:
+            sizes = gather_no_grad(torch.tensor([n], device=a1.device), group=group)
+            offset, total = int(sizes[:rank].sum()), int(sizes.sum())
+            c1, c2 = _gather(a1, group=group), _gather(a2, group=group)
+    if total < 2:
+        raise ValueError(f"robust_contrastive_loss needs at least 2 samples in the (gathered) batch, got {total}")
+    own = torch.arange(n, device=a1.device) + offset
+    la, ua, ga = _direction(a1, c1, c2, own, tau, None if log_u is None else log_u[:, 0], gamma)
+    lb, ub, gb = _direction(a2, c2, c1, own, tau, None if log_u is None else log_u[:, 1], gamma)
+    return (la + lb) / 2, torch.stack([ua, ub], 1), (ga + gb) / 2, world, total
+
+
+def _views(n=6, d=4, **kw) -> Example:
+    def make(gen):
+        return (randn(gen, n, d), randn(gen, n, d)), dict(kw)
+
+    def mismatch(gen):
+        return (randn(gen, n, d), randn(gen, n - 1, d)), dict(kw)
+
+    return Example(make=make, mismatch=mismatch, logits=(0, 1))
+
+
+@register("robust_contrastive_loss", family="contrastive", reference=ISOGCLR_PAPER, seed=ISOGCLR_SEED,
+          example=_views(temperature=0.5), input_kind="embeddings", batch_level=True, stateful_module=True)
+def robust_contrastive_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 0.1,
+    log_u: torch.Tensor | None = None,
+    gamma: float = 0.9,
+    rho: float = 0.0,
+    gather: bool = False,
+    group=None,
+    return_state: bool = False,
+    reduction: str = "mean",
+):
+    r"""Global (compositional) contrastive loss with SogCLR's moving-average denominators and per-sample temperatures.
+
+    Two views :math:`z^1, z^2` of a batch, unit-normalized. For the anchor :math:`x_i = z^1_i` (and
+    symmetrically :math:`z^2_i`), its positive is the other view of the same sample and its
+    negatives :math:`S_i^-` are the :math:`2B-2` views of the other samples. With
+    :math:`h_i(z) = \langle x_i, z\rangle - \langle x_i, x_i^+\rangle` and temperature :math:`\tau_i`,
+
+    .. math::
+        g_i = \frac{1}{|S_i^-|}\sum_{z \in S_i^-} e^{h_i(z)/\tau_i}, \qquad
+        \ell_i = \tau_i \log g_i ,
+
+    the global contrastive loss of SogCLR (fixed :math:`\tau`) and iSogCLR's robust (DRO) loss
+    without its constant :math:`\tau_i\rho` term. SogCLR's estimator replaces the denominator of
+    the gradient :math:`\tau_i\nabla g_i / g_i` by a moving average :math:`u_i` over the epochs:
+
+    .. math:: u_i \leftarrow (1-\gamma)\,u_i + \gamma\, g_i, \qquad \widehat{\nabla} \ell_i = \tau_i\,\nabla g_i / u_i ,
+
+    with the updated :math:`u_i` (which contains :math:`\gamma g_i`, so :math:`g_i/u_i \le 1/\gamma`).
+    The returned value is the mini-batch :math:`\ell_i` (for logging); its gradient is the
+    estimator (the two coincide when ``log_u`` is None, the first visit of every anchor, where
+    :math:`u_i = g_i` and the gradient is that of the ordinary contrastive loss with negatives
+    only). Both directions are averaged per sample (``"none"`` gives :math:`(\ell^1_i + \ell^2_i)/2`).
+    The state is kept in log space (:math:`\log u_i`, updated with ``logaddexp``) so that no
+    temperature overflows it; :math:`\log u_i = -\infty` marks an anchor not seen yet, whose
+    :math:`u_i` starts at :math:`g_i` (LibAUC's initialization rule).
+
+    iSogCLR (``return_state=True``) also returns the stochastic gradient of the robust
+    objective :math:`\tau_i \log u_i + \tau_i \rho` with respect to :math:`\tau_i`,
+
+    .. math:: \partial_{\tau_i} = \log u_i + \rho - \frac{1}{|S_i^-|}\sum_z \frac{e^{h_i(z)/\tau_i}}{u_i}\,\frac{h_i(z)}{\tau_i},
+
+    averaged over the two directions; :class:`losslab.nn.ISogCLRLoss` turns it into the paper's
+    momentum update of :math:`\tau_i`. Conventions: :math:`h` includes the positive (the paper's
+    definition; LibAUC's ``GCLoss`` tracks :math:`e^{\langle x_i, z\rangle/\tau}` instead), and the two
+    directions keep separate :math:`u` estimates (LibAUC stores their average).
+
+    Args:
+        z1, z2: ``(B, D)`` the two views (normalized inside).
+        temperature: :math:`\tau > 0`, a number or a ``(B,)`` tensor of per-sample temperatures
+            (not differentiated).
+        log_u: ``(B, 2)`` current :math:`\log u` of the batch's samples (``-inf`` = not seen), or None.
+        gamma: moving-average weight :math:`\gamma \in (0, 1]` of the current batch (0.9 in LibAUC).
+        rho: DRO radius :math:`\rho \ge 0`, used only in the returned temperature gradient.
+        gather: contrast with the views of every rank (each rank scores its local anchors and
+            returns ``W / N_global`` times their sum, the rule of :mod:`losslab.distributed`);
+            ``group``: the process group (implies ``gather``).
+        return_state: also return the updated ``log_u`` and ``tau_grad`` (a :class:`RobustContrastiveOutput`).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        z1, z2 ``(B, D)``; output ``(B,)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import robust_contrastive_loss
+        >>> z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+        >>> out = robust_contrastive_loss(z1, z1, temperature=0.5, return_state=True)
+        >>> out.loss   # anchor 1: 0.5 * log mean(exp(-1 / 0.5)) = -1; anchors 0, 2: 0.5 * log((e^-2 + e^-4) / 2)
+        tensor(-1.1887)
+        >>> out.log_u.shape
+        torch.Size([3, 2])
+
+    References:
+        Qiu, Hu, Yuan, Zhou, Zhang, Yang, "Not All Semantics are Created Equal: Contrastive
+        Self-supervised Learning with Automatic Temperature Individualization", ICML 2023,
+        https://arxiv.org/abs/2305.11965; Yuan et al., "Provable Stochastic Optimization for
+        Global Contrastive Learning: Small Batch Does Not Harm Performance", ICML 2022,
+        https://arxiv.org/abs/2202.12387.
+    """
+    check_reduction(reduction)
+    check_nonnegative(rho, "rho")
+    loss, new_log_u, tau_grad, world, total = _robust(z1, z2, temperature, log_u, gamma, gather, group)
+    if world > 1:
+        out = loss if reduction == "none" else loss.sum() * world
+        if reduction == "mean":
+            out = out / total
+    else:
+        out = reduce(loss, reduction)
+    if return_state:
+        return RobustContrastiveOutput(out, new_log_u, tau_grad + rho)
+    return out
