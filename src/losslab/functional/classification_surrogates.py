@@ -101,9 +101,16 @@ def anyloss(
     :math:`TN = \sum (1-y)(1-A)`, and the loss is :math:`1 - \mathrm{metric}(TP, FN, FP, TN)`.
     With 0/1 predictions the metric is exactly the usual one.
 
-    Binary: ``probs (N,)`` (e.g. ``sigmoid`` outputs) and ``target (N,)`` in {0, 1}.
-    Multi-class: ``probs (N, C)`` (e.g. ``softmax`` outputs) and class indices ``(N,)``:
-    one-vs-rest per class, then the macro average of the metric.
+    Input convention: probabilities, as in the paper (the network ends in a sigmoid and
+    :math:`A` amplifies its output), not logits. Binary: ``probs (N,)`` and
+    ``target (N,)`` in {0, 1}. Multi-class: ``probs (N, C)`` (softmax or per-class
+    sigmoid outputs; each column is read as that class's probability) and class indices
+    ``(N,)``: one-vs-rest per class, then the macro average of the metric (so
+    ``"accuracy"`` is the mean per-class binary accuracy, not the multi-class accuracy;
+    ``"f1"`` with 0/1 predictions is sklearn's ``f1_score(average="macro")``). The
+    paper covers the binary case; the one-vs-rest extension is ours. Metric values
+    with an empty denominator (e.g. F1 for a class that is neither present nor
+    predicted) count as 0, like sklearn's ``zero_division=0``.
 
     The whole computation runs in float64 (the result is returned in float32 unless the
     input is float64): in float32, ``sigmoid(73 (p − 0.5))`` saturates to exactly 1 for
@@ -256,7 +263,10 @@ def ensloss_derivatives(
     """
     with torch.no_grad():
         s = margins.detach().reshape(-1)
-        z = torch.randn(s.shape[0], generator=generator, dtype=torch.float64, device=s.device)
+        # Drawn on the generator's device (a CPU generator also serves CUDA margins), in
+        # float64 so that the draw does not depend on the margins' dtype.
+        gen_device = generator.device if generator is not None else s.device
+        z = torch.randn(s.shape[0], generator=generator, dtype=torch.float64, device=gen_device).to(s.device)
         if boxcox_lambda == 0:
             g = -torch.exp(z)
         else:
@@ -275,9 +285,11 @@ def _ensloss_example() -> Example:
     def mismatch(gen: torch.Generator):
         return (randn(gen, 10), randint(gen, 2, 8)), {"seed": 3}
 
-    # grad=(): the value is sg(g)·s with g re-drawn from the margins, so finite differences
-    # see a different function than the intended gradient g·y; that gradient is tested
-    # directly in tests/functional/test_classification.py.
+    # grad=(): the defined gradient g·y is not the derivative of the value sg(g)·s as a
+    # function of the logits: g is re-drawn from the margins' ranks at every call, and for
+    # margins s > 1 the value (g/s)·s = g is constant, so finite differences see 0 where
+    # the gradient is g/s. The gradient is tested against the drawn derivatives directly
+    # in tests/functional/test_classification_surrogates.py.
     return Example(make=make, mismatch=mismatch, logits=(0,), grad=())
 
 
@@ -305,24 +317,35 @@ def ensloss(
     Instead of a fixed surrogate, every call draws loss *derivatives*
     :math:`g_i = \ell'(s_i)` for the batch margins :math:`s_i = y_i f(x_i)`
     (:func:`ensloss_derivatives`: random, non-decreasing in the margin — a convex loss —
-    and strictly negative — a calibrated one) and returns
+    and strictly negative, so :math:`\ell'(0) < 0` — a calibrated one) and returns
 
     .. math:: \ell_i = \operatorname{sg}(g_i)\, s_i ,
 
-    whose gradient with respect to the logits is exactly :math:`g_i y_i`. Averaged over
-    draws this is an ensemble of convex calibrated losses, which the paper shows reduces
-    overfitting. The *value* is not a loss to monitor (it is negative); log another metric.
+    whose gradient with respect to the logits is exactly :math:`g_i y_i` (times
+    :math:`1/B` for ``"mean"``). Over many batches this is an ensemble of convex
+    calibrated losses, which the paper shows reduces overfitting. The *value* is not a
+    loss to monitor (it is :math:`g \cdot s`, of either sign); log another metric.
+    ``reduction`` therefore only scales the gradient: ``"mean"`` (the authors' choice)
+    gives :math:`g_i y_i / B`, ``"sum"`` gives :math:`g_i y_i`, ``"none"`` returns the
+    per-sample :math:`g_i s_i` (the derivatives are still drawn for the whole batch: the
+    loss is batch-level, rank-matched to the margins).
 
-    Binary only: ``target`` in {0, 1} (mapped to :math:`y = 2t - 1`). Pass ``generator``
-    (a stream) or ``seed`` (the same draw on every call) for reproducibility; the authors'
-    code draws from the global CUDA generator.
+    Binary only: ``target`` in {0, 1} (mapped to :math:`y = 2t - 1`, as the authors'
+    code does). Randomness: ``generator`` (a stream: a new draw on every call, what
+    training wants; ``nn.EnsLoss(seed=...)`` owns one), ``seed`` (a fresh generator per
+    call: the *same* draw every time, for tests and reproducible single calls), or
+    neither (torch's global generator). The authors' code draws from the global
+    generator and runs on CUDA only.
 
     Args:
         logits: ``(*)`` real scores :math:`f(x)`.
         target: ``(*)`` 0/1 labels.
-        boxcox_lambda: :math:`\lambda` of the inverse Box–Cox transform (0: :math:`-e^z`).
-        generator: optional ``torch.Generator``.
-        seed: optional integer; a new generator seeded with it is used (overrides ``generator``).
+        boxcox_lambda: :math:`\lambda` of the inverse Box–Cox transform (0: :math:`-e^z`,
+            the paper's choice).
+        generator: optional ``torch.Generator`` (any device; the draw is moved to the
+            logits' device).
+        seed: optional int: draw from ``torch.Generator().manual_seed(seed)``; not
+            together with ``generator``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Shape:
@@ -337,8 +360,9 @@ def ensloss(
         True
 
     References:
-        Dai, "EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in
-        Classification", ICML 2025, https://arxiv.org/abs/2409.00908.
+        Ben Dai, "EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting
+        in Classification", ICML 2025, https://arxiv.org/abs/2409.00908. Authors' code:
+        https://github.com/statmlben/ensLoss (``losses.py``).
     """
     check_floating(logits, "logits")
     if not isinstance(target, torch.Tensor):
@@ -350,7 +374,11 @@ def ensloss(
     if not isinstance(boxcox_lambda, (int, float)) or not math.isfinite(boxcox_lambda):
         raise ValueError(f"boxcox_lambda must be a finite number, got {boxcox_lambda!r}")
     if seed is not None:
-        generator = torch.Generator(device=logits.device).manual_seed(int(seed))
+        if generator is not None:
+            raise ValueError("pass either generator or seed, not both")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        generator = torch.Generator().manual_seed(seed)
     x = upcast(logits)
     s = x * (2.0 * target.to(x.dtype) - 1.0)
     g = ensloss_derivatives(s, boxcox_lambda=boxcox_lambda, generator=generator)

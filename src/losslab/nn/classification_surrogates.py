@@ -1,4 +1,4 @@
-"""Module wrappers for AnyLoss and the normalized softmax loss (which owns its proxies)."""
+"""Modules for AnyLoss, EnsLoss (which owns its random stream) and the normalized softmax loss (which owns its proxies)."""
 from __future__ import annotations
 
 import math
@@ -18,8 +18,53 @@ class AnyLoss(FunctionalLoss, function=F.anyloss):
 
 
 @register_module("ensloss")
-class EnsLoss(FunctionalLoss, function=F.ensloss):
-    """Module form of :func:`losslab.functional.ensloss` (pass ``generator=`` or ``seed=`` for reproducibility)."""
+class EnsLoss(torch.nn.Module):
+    """:func:`losslab.functional.ensloss` drawing from its own random stream (a new loss every call).
+
+    With ``seed`` the Module owns a CPU ``torch.Generator`` seeded once: successive calls
+    draw successive derivatives (what training needs), the sequence is reproducible, and
+    the generator's state is saved in ``state_dict()`` (as extra state) so that a resumed
+    run draws exactly what the uninterrupted one would. The first call equals
+    ``ensloss(..., seed=seed)``. Without ``seed`` it draws from torch's global generator.
+
+    Args:
+        boxcox_lambda: as in the function (0).
+        seed: optional int seeding the Module's generator.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> import torch
+        >>> from losslab.nn import EnsLoss
+        >>> crit = EnsLoss(seed=0)
+        >>> x, t = torch.tensor([2.0, -0.5, 0.3]), torch.tensor([1, 1, 0])
+        >>> bool(crit(x, t) != crit(x, t))   # a fresh draw per call
+        True
+    """
+
+    def __init__(self, *, boxcox_lambda: float = 0.0, seed: int | None = None, reduction: str = "mean") -> None:
+        super().__init__()
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self.boxcox_lambda, self.reduction, self.seed = float(boxcox_lambda), reduction, seed
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.ensloss(
+            logits, target, boxcox_lambda=self.boxcox_lambda, generator=self.generator, reduction=self.reduction
+        )
+
+    def get_extra_state(self):
+        return {"generator_state": self.generator.get_state() if self.generator is not None else None}
+
+    def set_extra_state(self, state) -> None:
+        gen_state = state.get("generator_state") if isinstance(state, dict) else None
+        if gen_state is not None:
+            if self.generator is None:
+                self.generator = torch.Generator()
+            self.generator.set_state(gen_state)
+
+    def extra_repr(self) -> str:
+        return f"boxcox_lambda={self.boxcox_lambda}, seed={self.seed}, reduction={self.reduction!r}"
 
 
 @register_module("normalized_softmax_loss")
