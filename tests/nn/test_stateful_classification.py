@@ -94,7 +94,7 @@ def _aldr_rank(rank, world, port, batches, sizes, out):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=15))
+                            timeout=datetime.timedelta(seconds=45))
     try:
         crit = LN.AdaptiveLDRKLLoss(num_samples=20)
         losses = []
@@ -107,9 +107,13 @@ def _aldr_rank(rank, world, port, batches, sizes, out):
         dist.destroy_process_group()
 
 
-@pytest.mark.timeout(20)
+@pytest.mark.timeout(90)
 def test_aldr_module_state_identical_across_ranks_and_equal_to_single_process():
-    """2 gloo processes with uneven shards (4 + 2) end with the single-process state on every rank."""
+    """2 gloo processes with uneven shards (4 + 2) end with the single-process state on every rank.
+
+    About 8 s on 2 cores, nearly all of it spawning the workers (importing torch); the
+    hang guard allows 60 s because a loaded CI machine can take several times longer.
+    """
     batches = _batches(steps=3)
     single = LN.AdaptiveLDRKLLoss(num_samples=20)
     single_losses = [single(x, t, i) for x, t, i in batches]
@@ -117,12 +121,12 @@ def test_aldr_module_state_identical_across_ranks_and_equal_to_single_process():
         out = manager.dict()
         ctx = mp.start_processes(_aldr_rank, args=(2, _free_port(), batches, [4, 2], out), nprocs=2, join=False,
                                  start_method="spawn")
-        deadline = time.monotonic() + 18
+        deadline = time.monotonic() + 60
         while not ctx.join(timeout=1):
             if time.monotonic() > deadline:
                 for p in ctx.processes:
                     p.kill()
-                pytest.fail("distributed workers did not finish within 18 s (hang)")
+                pytest.fail("distributed workers did not finish within 60 s (hang)")
         (lam0, loss0), (lam1, loss1) = out[0], out[1]
     assert torch.equal(lam0, lam1)
     assert torch.equal(lam0, single.lam)
