@@ -145,3 +145,64 @@ def test_bad_inputs():
         robust_contrastive_loss(z1, z2, rho=-1.0)
     with pytest.raises(ValueError, match="reduction"):
         robust_contrastive_loss(z1, z2, reduction="avg")
+
+
+# ----------------------------------------------------------------------------- soft labels (UniME-V2)
+from losslab.functional import soft_label_contrastive_loss  # noqa: E402
+
+
+def _kl(p, q):
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+
+
+def _softmax(xs):
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("temps", [(0.1, None), (0.5, 0.2)])
+def test_soft_label_equals_loop(symmetric, temps):
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    c = torch.randn(4, 5, 6, generator=g, dtype=torch.float64)
+    j = torch.rand(4, 5, generator=g, dtype=torch.float64)
+    tau, tj = temps
+    out = soft_label_contrastive_loss(q, c, j, temperature=tau, judge_temperature=tj, symmetric=symmetric,
+                                      reduction="none")
+    qn = torch.nn.functional.normalize(q, dim=-1)
+    cn = torch.nn.functional.normalize(c, dim=-1)
+    for b in range(4):
+        s = [float(qn[b] @ cn[b, k]) / tau for k in range(5)]
+        P = _softmax([float(x) / (tj or tau) for x in j[b]])
+        Q = _softmax(s)
+        ref = 0.5 * (_kl(P, Q) + _kl(Q, P)) if symmetric else _kl(P, Q)
+        assert float(out[b]) == pytest.approx(ref, rel=1e-10, abs=1e-13)
+    torch.testing.assert_close(soft_label_contrastive_loss(q, c, j, temperature=tau, judge_temperature=tj,
+                                                           symmetric=symmetric), out.mean())
+
+
+def test_soft_label_is_zero_iff_distributions_match_and_finite_at_small_temperature():
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(3, 4, generator=g)
+    c = torch.randn(3, 7, 4, generator=g)
+    s = torch.einsum("bd,bkd->bk", torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(c, dim=-1))
+    assert float(soft_label_contrastive_loss(q, c, s, temperature=0.1)) == pytest.approx(0.0, abs=1e-6)
+    assert float(soft_label_contrastive_loss(q, c, torch.rand(3, 7, generator=g), temperature=0.1)) > 0
+    x = q.clone().requires_grad_(True)
+    out = soft_label_contrastive_loss(x, c, torch.rand(3, 7, generator=g), temperature=1e-4)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(x.grad).all()
+
+
+def test_soft_label_bad_inputs():
+    q, c, j = torch.randn(2, 3), torch.randn(2, 4, 3), torch.rand(2, 4)
+    with pytest.raises(ValueError, match="temperature"):
+        soft_label_contrastive_loss(q, c, j, temperature=0.0)
+    with pytest.raises(ValueError, match="judge_temperature"):
+        soft_label_contrastive_loss(q, c, j, judge_temperature=-1.0)
+    with pytest.raises(ValueError, match="candidates"):
+        soft_label_contrastive_loss(q, c[:1], j)
+    with pytest.raises(ValueError, match="judge_scores"):
+        soft_label_contrastive_loss(q, c, j[:, :3])

@@ -13,13 +13,21 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_floating, check_in_range, check_ndim, check_nonnegative, check_reduction, validation_enabled
+from .._checks import (
+    check_floating,
+    check_in_range,
+    check_ndim,
+    check_nonnegative,
+    check_positive,
+    check_reduction,
+    validation_enabled,
+)
 from .._numerics import compute_dtype, upcast
 from .._reduction import reduce
 from ..registry import Example, Reference, register
 from ._examples import randn
 
-__all__ = ["robust_contrastive_loss", "RobustContrastiveOutput"]
+__all__ = ["robust_contrastive_loss", "RobustContrastiveOutput", "soft_label_contrastive_loss"]
 
 ISOGCLR_PAPER = Reference(
     title="Not All Semantics are Created Equal: Contrastive Self-supervised Learning with Automatic Temperature "
@@ -32,6 +40,14 @@ ISOGCLR_SEED = (
     "Not All Semantics are Created Equal: Contrastive Self-supervised Learning with Automatic Temperature "
     "Individualization"
 )
+UNIME_PAPER = Reference(
+    title="UniME-V2: MLLM-as-a-Judge for Universal Multimodal Embedding Learning",
+    authors="Tiancheng Gu, Kaicheng Yang, Kaichen Zhang, Xiang An, Ziyong Feng, Yueyi Zhang, Weidong Cai, "
+    "Jiankang Deng, Lidong Bing",
+    year=2025,
+    url="https://arxiv.org/abs/2510.13515",
+)
+UNIME_SEED = "UniME-V2: MLLM-as-a-Judge for Universal Multimodal Embedding Learning"
 
 
 class RobustContrastiveOutput(NamedTuple):
@@ -242,3 +258,100 @@ def robust_contrastive_loss(
     if return_state:
         return RobustContrastiveOutput(out, new_log_u, tau_grad + rho)
     return out
+
+
+# ----------------------------------------------------------------------------- soft labels (UniME-V2)
+def _soft_label_example(b=4, k=3, d=5, **kw) -> Example:
+    def make(gen):
+        scores = torch.rand(b, k, generator=gen, dtype=torch.float64)
+        return (randn(gen, b, d), randn(gen, b, k, d), scores), dict(kw)
+
+    def mismatch(gen):
+        scores = torch.rand(b, k + 1, generator=gen, dtype=torch.float64)
+        return (randn(gen, b, d), randn(gen, b, k, d), scores), dict(kw)
+
+    return Example(make=make, mismatch=mismatch, logits=(0, 1), grad=(0, 1))
+
+
+@register("soft_label_contrastive_loss", family="contrastive", reference=UNIME_PAPER, seed=UNIME_SEED,
+          example=_soft_label_example(temperature=0.5), input_kind="embeddings")
+def soft_label_contrastive_loss(
+    query: torch.Tensor,
+    candidates: torch.Tensor,
+    judge_scores: torch.Tensor,
+    *,
+    temperature: float = 0.01,
+    judge_temperature: float | None = None,
+    symmetric: bool = True,
+    normalize: bool = True,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Soft-label contrastive loss: align each query's similarity distribution over its candidates with judge scores.
+
+    For query :math:`q_b` and its :math:`K` candidates :math:`c_{b1..bK}` (e.g. the positive and mined
+    hard negatives), with similarities :math:`s_{bk} = \langle q_b, c_{bk}\rangle` and soft matching
+    scores :math:`j_{bk}` (UniME-V2: an MLLM judge's probability of "yes"),
+
+    .. math::
+        Q_b = \operatorname{softmax}(s_b/\tau), \quad P_b = \operatorname{softmax}(j_b/\tau_j), \quad
+        \ell_b = \tfrac12\big[\mathrm{KL}(P_b\,\|\,Q_b) + \mathrm{KL}(Q_b\,\|\,P_b)\big],
+
+    the symmetric KL of the authors' code (``symmetric=False`` keeps only :math:`\mathrm{KL}(P\|Q)`,
+    the judge as target). Both distributions are formed with ``log_softmax`` (the authors add
+    1e-8 inside a ``log(softmax)``; here no offset is needed). ``"mean"`` averages over queries
+    (their ``batchmean``). The judge scores are targets: they are not differentiated in spirit
+    (pass them detached); the temperature defaults to 0.01 as in the authors' distributed
+    training loss and :math:`\tau_j = \tau` unless ``judge_temperature`` is given.
+
+    Args:
+        query: ``(B, D)`` query embeddings.
+        candidates: ``(B, K, D)`` candidate embeddings per query.
+        judge_scores: ``(B, K)`` soft matching scores (any real scale).
+        temperature: :math:`\tau > 0` of the similarities.
+        judge_temperature: :math:`\tau_j > 0` of the judge scores (default: ``temperature``).
+        symmetric: average of both KL directions (default) or :math:`\mathrm{KL}(P\|Q)` only.
+        normalize: L2-normalize query and candidates (cosine similarities), default True.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per query).
+
+    Shape:
+        output ``(B,)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import soft_label_contrastive_loss
+        >>> q = torch.tensor([[1.0, 0.0]])
+        >>> c = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+        >>> soft_label_contrastive_loss(q, c, torch.tensor([[1.0, 0.0]]), temperature=1.0)   # same distributions
+        tensor(0.)
+
+    References:
+        Gu et al., "UniME-V2: MLLM-as-a-Judge for Universal Multimodal Embedding Learning",
+        2025, https://arxiv.org/abs/2510.13515.
+    """
+    check_reduction(reduction)
+    check_positive(temperature, "temperature")
+    tj = temperature if judge_temperature is None else judge_temperature
+    check_positive(tj, "judge_temperature")
+    dtype = compute_dtype(query, candidates, judge_scores)
+    check_floating(query, "query")
+    check_floating(candidates, "candidates")
+    check_floating(judge_scores, "judge_scores")
+    check_ndim(query, "query", 2)
+    check_ndim(candidates, "candidates", 3)
+    if candidates.shape[0] != query.shape[0] or candidates.shape[2] != query.shape[1]:
+        raise ValueError(f"candidates must have shape ({query.shape[0]}, K, {query.shape[1]}) for query {tuple(query.shape)}, "
+                         f"got {tuple(candidates.shape)}")
+    if judge_scores.shape != candidates.shape[:2]:
+        raise ValueError(f"judge_scores must have shape {tuple(candidates.shape[:2])} (one per candidate), "
+                         f"got {tuple(judge_scores.shape)}")
+    q, c = upcast(query, dtype), upcast(candidates, dtype)
+    if normalize:
+        q, c = F.normalize(q, dim=-1), F.normalize(c, dim=-1)
+    s = torch.einsum("bd,bkd->bk", q, c)
+    log_q = torch.log_softmax(s / temperature, dim=-1)
+    log_p = torch.log_softmax(upcast(judge_scores, dtype) / tj, dim=-1)
+    # KL(P || Q) = sum_k P (log P - log Q); exp(log P) instead of a softmax keeps one source of truth.
+    loss = (log_p.exp() * (log_p - log_q)).sum(-1)
+    if symmetric:
+        loss = 0.5 * (loss + (log_q.exp() * (log_q - log_p)).sum(-1))
+    return reduce(loss, reduction)

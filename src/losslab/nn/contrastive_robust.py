@@ -1,14 +1,15 @@
-"""Stateful robust contrastive losses: SogCLR and iSogCLR with their per-sample state in buffers."""
+"""Stateful robust contrastive losses (SogCLR, iSogCLR: per-sample state in buffers) and the soft-label Module."""
 from __future__ import annotations
 
 import torch
 
 from .._checks import check_in_range, check_index, check_nonnegative, check_positive, check_reduction
 from .._reduction import reduce
-from ..functional.contrastive_robust import _robust
+from ..functional.contrastive_robust import _robust, soft_label_contrastive_loss
 from ..registry import register_module
+from ._base import FunctionalLoss
 
-__all__ = ["SogCLRLoss", "ISogCLRLoss"]
+__all__ = ["SogCLRLoss", "ISogCLRLoss", "SoftLabelContrastiveLoss"]
 
 
 class _StatefulContrastive(torch.nn.Module):
@@ -170,3 +171,8 @@ class ISogCLRLoss(_StatefulContrastive):
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, gamma={self.gamma}, rho={self.rho}, eta={self.eta}, "
                 f"beta={self.beta}, tau_min={self.tau_min}, tau_max={self.tau_max}")
+
+
+@register_module("soft_label_contrastive_loss")
+class SoftLabelContrastiveLoss(FunctionalLoss, function=soft_label_contrastive_loss):
+    """Module form of :func:`losslab.functional.soft_label_contrastive_loss`."""
