@@ -169,7 +169,11 @@ def cross_entropy(
     check_class_target(target, logits, ignore_index=ignore_index)
     t1 = target.reshape(-1)
     keep = t1 != ignore_index
-    safe = torch.where(keep, t1, torch.zeros((), dtype=t1.dtype, device=t1.device))
+    # The plain path (no weight, smoothing or z-loss) needs neither a safe copy of the target
+    # nor w[y]: torch's nll_loss skips ignored samples itself. Every kernel saved counts
+    # at small C, where the loss is launch-bound.
+    needs_safe = w is not None or eps > 0 or z_loss > 0
+    safe = torch.where(keep, t1, torch.zeros((), dtype=t1.dtype, device=t1.device)) if needs_safe else None
     w_y = None if w is None else w[safe]
 
     def smoothing_term():
@@ -189,7 +193,9 @@ def cross_entropy(
             loss = (1.0 - eps) * loss + smoothing_term()
         if z_loss > 0:
             loss = loss + z_term()
-        return reduce(loss.reshape(lead), reduction, mask=keep.reshape(lead))
+        # Every term is already 0 on ignored samples (nll_loss skips them, the extra terms are
+        # masked), so no further masking pass is needed.
+        return loss.reshape(lead)
 
     # "sum"/"mean": torch's fused nll_loss sum kernel (faster backward than a per-sample
     # vector); the same value as reduce(<"none" loss>, reduction, mask, normalizer).
@@ -202,7 +208,10 @@ def cross_entropy(
     if reduction == "sum":
         return total
     # "mean": divide by sum of w[y] over kept samples (torch's rule); 0 when nothing is kept.
-    denom = keep.sum().to(out_dtype) if w_y is None else torch.where(keep, w_y, torch.zeros((), dtype=out_dtype)).sum()
+    if w_y is None:
+        # An integer count: clamping at 1 only changes the all-ignored case, where total is 0.
+        return total / keep.sum().clamp_min(1)
+    denom = torch.where(keep, w_y, torch.zeros((), dtype=out_dtype)).sum()
     return total / torch.where(denom == 0, torch.ones_like(denom), denom)
 
 
