@@ -1,5 +1,6 @@
 """Chunked large-vocabulary objectives against the materialized computation in float64."""
 import itertools
+import math
 import json
 import os
 import subprocess
@@ -86,22 +87,57 @@ def test_bf16_error_no_worse_than_materialized_bf16():
     assert abs(ours.double() - exact) <= abs(materialized_bf16 - exact) + 1e-6
 
 
+def _kl_rows(logp, logq):
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
 def test_divergences_match_materialized():
+    """Against log_softmax-based formulas written here, and against losslab's materialized divergences."""
     g = torch.Generator().manual_seed(4)
     hs, ws = torch.randn(30, 6, generator=g, dtype=F64), torch.randn(97, 6, generator=g, dtype=F64)
     ht, wt = torch.randn(30, 5, generator=g, dtype=F64), torch.randn(97, 5, generator=g, dtype=F64)
     t = torch.randint(0, 97, (30,), generator=g)
     t[::4] = -100
     keep = t != -100
-    for T in (1.0, 2.0):
-        ref = LF.kl_divergence(ht @ wt.T, hs @ ws.T, temperature=T, mask=keep)
-        torch.testing.assert_close(LF.linear_kl_divergence(hs, ws, ht, wt, t, temperature=T, chunk_size=7), ref)
-        ref_js = LF.generalized_js_divergence(ht @ wt.T, hs @ ws.T, beta=0.3, temperature=T, mask=keep)
-        torch.testing.assert_close(LF.linear_js_divergence(hs, ws, ht, wt, t, beta=0.3, temperature=T, chunk_size=7), ref_js)
-    wt_req = wt.clone().requires_grad_(True)
-    hs_req = hs.clone().requires_grad_(True)
-    LF.linear_kl_divergence(hs_req, ws, ht, wt_req, chunk_size=7).backward()
-    assert wt_req.grad is None and hs_req.grad is not None  # no gradient to the teacher
+    for T, beta in ((1.0, 0.5), (2.0, 0.3)):
+        logp = torch.log_softmax(ht @ wt.T / T, -1)  # P = teacher
+        logq = torch.log_softmax(hs @ ws.T / T, -1)  # Q = student
+        kl = _kl_rows(logp, logq)
+        logm = torch.logsumexp(torch.stack([logp + math.log(beta), logq + math.log(1 - beta)]), 0)
+        js = beta * _kl_rows(logp, logm) + (1 - beta) * _kl_rows(logq, logm)
+        for red in ("mean", "sum", "none"):
+            ref_kl = {"none": kl * keep, "sum": (kl * keep).sum(), "mean": (kl * keep).sum() / keep.sum()}[red]
+            ref_js = {"none": js * keep, "sum": (js * keep).sum(), "mean": (js * keep).sum() / keep.sum()}[red]
+            ours_kl = LF.linear_kl_divergence(hs, ws, ht, wt, t, temperature=T, chunk_size=7, reduction=red)
+            ours_js = LF.linear_js_divergence(hs, ws, ht, wt, t, beta=beta, temperature=T, chunk_size=7, reduction=red)
+            torch.testing.assert_close(ours_kl, ref_kl, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(ours_js, ref_js, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(LF.linear_kl_divergence(hs, ws, ht, wt, t, temperature=T, chunk_size=7),
+                                   LF.kl_divergence(ht @ wt.T, hs @ ws.T, temperature=T, mask=keep))
+        torch.testing.assert_close(LF.linear_js_divergence(hs, ws, ht, wt, t, beta=beta, temperature=T, chunk_size=7),
+                                   LF.generalized_js_divergence(ht @ wt.T, hs @ ws.T, beta=beta, temperature=T, mask=keep))
+
+
+@pytest.mark.parametrize("kind", ["kl", "js"])
+def test_divergence_gradients_student_only(kind):
+    g = torch.Generator().manual_seed(6)
+    hs, ws = torch.randn(11, 4, generator=g, dtype=F64), torch.randn(23, 4, generator=g, dtype=F64)
+    ht, wt = torch.randn(11, 3, generator=g, dtype=F64), torch.randn(23, 3, generator=g, dtype=F64)
+    fn = LF.linear_kl_divergence if kind == "kl" else LF.linear_js_divergence
+    args = [x.clone().requires_grad_(True) for x in (hs, ws, ht, wt)]
+    fn(*args, chunk_size=4, temperature=1.5).backward()
+    assert args[2].grad is None and args[3].grad is None  # no gradient to the teacher
+    ref = [x.clone().requires_grad_(True) for x in (hs, ws)]
+    logp = torch.log_softmax(ht @ wt.T / 1.5, -1)
+    logq = torch.log_softmax(ref[0] @ ref[1].T / 1.5, -1)
+    if kind == "kl":
+        val = _kl_rows(logp, logq).mean()
+    else:
+        logm = torch.logaddexp(logp, logq) - math.log(2)
+        val = (0.5 * _kl_rows(logp, logm) + 0.5 * _kl_rows(logq, logm)).mean()
+    val.backward()
+    torch.testing.assert_close(args[0].grad, ref[0].grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(args[1].grad, ref[1].grad, rtol=1e-10, atol=1e-12)
 
 
 def test_sequence_logprobs_sum_and_average():
@@ -131,14 +167,18 @@ def test_bad_input():
 
 PEAK = textwrap.dedent("""
     import json, resource, sys, torch
+    torch.set_num_threads(1)
     torch.manual_seed(0)
-    N, D, V = 4096, 256, 32768
+    N, D, V = 4096, 256, 32768  # the issue's benchmark shape
     h = torch.randn(N, D, requires_grad=True); w = (torch.randn(V, D) / 16).requires_grad_(True)
     t = torch.randint(0, V, (N,))
+    from losslab.functional import linear_cross_entropy
     import gc; gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak so far (MiB)
+    def rss():
+        with open('/proc/self/status') as f:
+            return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 1024
+    before = rss()
     if sys.argv[1] == "ours":
-        from losslab.functional import linear_cross_entropy
         linear_cross_entropy(h, w, t).backward()
     else:
         torch.nn.functional.cross_entropy(h @ w.T, t).backward()
@@ -147,16 +187,105 @@ PEAK = textwrap.dedent("""
 
 
 def test_peak_memory_under_ten_percent_of_materialized():
-    # Both runs use a fixed 1 MiB glibc mmap threshold, so that freed buffers go back to the
-    # OS and peak RSS measures live memory; with glibc's adaptive threshold (which rises to
-    # 32 MiB) freed chunk buffers can stay in the heap and inflate RSS without being in use.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
+    """Extra peak RSS of forward+backward in fresh interpreters (run side by side to save time)."""
+    procs = {w: subprocess.Popen([sys.executable, "-c", PEAK, w], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for w in ("ours", "materialized")}
+    extra = {}
+    for which, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        extra[which] = json.loads(out.strip().splitlines()[-1])
+    # the materialized path holds the 512 MiB float32 logits and their gradient
+    assert extra["materialized"] > 1000, extra
+    assert extra["ours"] < 0.10 * extra["materialized"], extra
 
-    def extra(which):
-        out = subprocess.run([sys.executable, "-c", PEAK, which], capture_output=True, text=True, timeout=300, env=env)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout.strip().splitlines()[-1])
 
-    ours, naive = extra("ours"), extra("materialized")
-    assert naive > 1000  # the materialized path really holds the 512 MiB logits (and more)
-    assert ours < 0.10 * naive, (ours, naive)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradcheck_tiny_with_bias_and_lse(reduction):
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(5, 3, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(7, 3, generator=g, dtype=F64, requires_grad=True)
+    b = torch.randn(7, generator=g, dtype=F64, requires_grad=True)
+    t = torch.tensor([0, 6, -100, 3, 3])
+
+    def fn(h, w, b):
+        loss, lse = LF.linear_cross_entropy(h, w, t, bias=b, label_smoothing=0.2, z_loss=0.01, softcap=2.0,
+                                            reduction=reduction, chunk_size=2, return_lse=True)
+        return loss, lse
+
+    assert torch.autograd.gradcheck(fn, (h, w, b))
+
+
+def test_lse_gradient_matches_materialized():
+    h, w, b, t = _problem(8, n=23)
+    args = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    ref_args = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    loss, lse = LF.linear_cross_entropy(*args[:2], t, bias=args[2], softcap=3.0, return_lse=True, chunk_size=6)
+    x = 3.0 * torch.tanh((ref_args[0] @ ref_args[1].T + ref_args[2]) / 3.0)
+    ref_loss, ref_lse = TF.cross_entropy(x, t), torch.logsumexp(x, -1)
+    torch.testing.assert_close(lse, ref_lse)
+    up = torch.linspace(-1, 1, 23, dtype=F64)
+    (loss + (lse * up).sum()).backward()
+    (ref_loss + (ref_lse * up).sum()).backward()
+    for a, r in zip(args, ref_args):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_shift_equals_manual_next_token_slicing():
+    h, w, b, t = _problem(9, n=30)
+    h3, t3 = h.reshape(3, 10, -1), t.reshape(3, 10).clamp_min(0)
+    t3[0, 4] = -100
+    for red in ("mean", "sum", "none"):
+        ours, lse = LF.linear_cross_entropy(h3, w, t3, bias=b, shift=True, reduction=red, chunk_size=7,
+                                            return_lse=True)
+        ref = _materialized(h3[:, :-1].reshape(-1, h.shape[1]), w, b, t3[:, 1:].reshape(-1), 0.0, 0.0, None, red)
+        torch.testing.assert_close(ours, ref.reshape(3, 9) if red == "none" else ref, rtol=1e-12, atol=1e-12)
+        assert lse.shape == (3, 9)
+
+
+def test_backward_twice_and_no_grad_agree():
+    h, w, b, t = _problem(10, n=20)
+    hh = h.clone().requires_grad_(True)
+    out = LF.linear_cross_entropy(hh, w, t, bias=b, z_loss=1e-2, chunk_size=6)
+    g1 = torch.autograd.grad(out, hh, retain_graph=True)[0]
+    g2 = torch.autograd.grad(out, hh)[0]
+    assert torch.equal(g1, g2)
+    with torch.no_grad():
+        torch.testing.assert_close(LF.linear_cross_entropy(hh, w, t, bias=b, z_loss=1e-2, chunk_size=6), out,
+                                   rtol=0, atol=0)
+
+
+def test_inputs_not_modified_in_place():
+    h, w, b, t = _problem(11, n=19)
+    args = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    t0 = t.clone()
+    for red in ("mean", "none"):
+        out = LF.linear_cross_entropy(args[0], args[1], t, bias=args[2], softcap=2.0, label_smoothing=0.1,
+                                      reduction=red, chunk_size=4, shift=False)
+        out.sum().backward()
+        for a, ref in zip(args, (h, w, b)):
+            assert torch.equal(a.detach(), ref) and a._version == 0
+    assert torch.equal(t, t0)
+
+
+def test_bf16_gradients_within_materialized_bf16_error():
+    """CCE's criterion: the bf16 error vs float64 is no worse than the materialized bf16 path's."""
+    h, w, _, t = _problem(12, n=64, d=32, v=500, ignored=0.1)
+    hb, wb = h.to(torch.bfloat16).requires_grad_(True), w.to(torch.bfloat16).requires_grad_(True)
+    LF.linear_cross_entropy(hb, wb, t, chunk_size=16).backward()
+    hm, wm = h.to(torch.bfloat16).requires_grad_(True), w.to(torch.bfloat16).requires_grad_(True)
+    TF.cross_entropy(hm @ wm.T, t).backward()
+    he, we = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    TF.cross_entropy(he @ we.T, t).backward()
+    assert hb.grad.dtype == torch.bfloat16 and wb.grad.dtype == torch.bfloat16
+    for ours, mat, exact in ((hb.grad, hm.grad, he.grad), (wb.grad, wm.grad, we.grad)):
+        assert (ours.double() - exact).norm() <= (mat.double() - exact).norm()
+
+
+def test_subnormal_free_clamp_is_exact_for_peaked_logits():
+    """Very peaked logits (shifted logits far below -60) give the float64 value to round-off."""
+    h, w, b, t = _problem(13, n=40, ignored=0.0)
+    h = h * 40  # logits of magnitude ~100s: most softmax entries are < exp(-60)
+    for red in ("mean", "none"):
+        torch.testing.assert_close(LF.linear_cross_entropy(h, w, t, bias=b, reduction=red, chunk_size=9),
+                                   _materialized(h, w, b, t, 0.0, 0.0, None, red), rtol=1e-12, atol=1e-12)
