@@ -3,10 +3,17 @@
     losslab list [PATTERN] [--family F] [--markdown]
     losslab info NAME
     losslab run EXPERIMENT [options]      (losslab run --help lists them)
+
+Bad input (unknown objective, family, experiment option) is reported on one line,
+``losslab: error: ...``, with exit status 2 and no traceback; Ctrl-C exits with 130.
+:func:`main` returns the exit status (it does not call ``sys.exit``), so it can be called
+in-process: ``main(["list", "*kl*"])``.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
 from typing import Sequence
 
@@ -26,7 +33,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p_list = sub.add_parser("list", help="list registered objectives")
     p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. '*kl*'")
-    p_list.add_argument("--family", default=None)
+    p_list.add_argument("--family", default=None, help="only this family, e.g. classification")
     p_list.add_argument("--markdown", action="store_true", help="print the README catalog table")
 
     p_info = sub.add_parser("info", help="formula, reference and properties of one objective")
@@ -41,34 +48,71 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+class _UsageError(Exception):
+    """Bad command-line input found after parsing (one-line error, status 2)."""
+
+
+def _check_name(name: str) -> None:
+    import losslab
+
+    known = losslab.list_losses()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `losslab list`"
+        raise _UsageError(f"no objective named {name!r}{hint}")
+
+
+def _check_family(family: str | None) -> None:
+    import losslab
+
+    if family is None:
+        return
+    families = sorted({losslab.info(n).family for n in losslab.list_losses()})
+    if family not in families:
+        raise _UsageError(f"unknown family {family!r}; choose one of {', '.join(families)}")
+
+
+def _dispatch(args) -> int:
     import losslab
     from losslab.cli import catalog
+
+    if args.command == "list":
+        _check_family(args.family)
+        names = losslab.list_losses(args.pattern, family=args.family)
+        print(catalog.markdown_table(names) if args.markdown else catalog.plain_table(names))
+        return 0
+    if args.command == "info":
+        _check_name(args.name)
+        print(catalog.describe(args.name))
+        return 0
+    if args.command == "run":
+        return int(args._experiment.run(args) or 0)
+    raise _UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``losslab`` command; returns the exit status."""
+    try:
+        args = _build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error already printed (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     from losslab.experiments import ExperimentError
 
     try:
-        if args.command == "list":
-            names = losslab.list_losses(args.pattern, family=args.family)
-            print(catalog.markdown_table(names) if args.markdown else catalog.plain_table(names))
-            return 0
-        if args.command == "info":
-            print(catalog.describe(args.name))
-            return 0
-        if args.command == "run":
-            return int(args._experiment.run(args) or 0)
-    except KeyError as exc:
-        print(f"losslab: error: {exc.args[0]}", file=sys.stderr)
-        return 2
-    except ExperimentError as exc:
+        return _dispatch(args)
+    except (_UsageError, ExperimentError) as exc:
         print(f"losslab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("losslab: interrupted; finished results are kept", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    except BrokenPipeError:  # e.g. `losslab list | head`: stop quietly, as other commands do
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
+            pass
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

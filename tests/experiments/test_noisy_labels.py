@@ -1,0 +1,163 @@
+"""noisy-labels experiment pieces: bundled data, label noise, the objective table, the stateful contract."""
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+import losslab
+from losslab.data.sklearn_sets import NUM_CLASSES, corrupt_labels, load, max_noise
+from losslab.experiments import ExperimentError
+from losslab.experiments import noisy_labels as nl
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits")
+
+
+def test_load_split_is_fixed_stratified_and_standardized(digits):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    s = digits
+    # 1797 digits, 30 % test (sklearn rounds the test size up: ceil(0.3 * 1797) = 540).
+    assert s.x_train.shape == (1257, 64) and s.x_test.shape == (540, 64) and s.num_classes == 10
+    assert s.x_train.dtype == np.float32 and s.y_train.dtype == np.int64
+    # Stratified: per-class test fraction within one sample of 30 %.
+    counts, test_counts = np.bincount(y), np.bincount(s.y_test, minlength=10)
+    assert np.all(np.abs(test_counts - 0.3 * counts) <= 1)
+    # Standardized with the training statistics (constant pixels keep scale 1, i.e. stay 0).
+    varying = s.x_train.std(0) > 0
+    np.testing.assert_allclose(s.x_train.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(s.x_train.std(0)[varying], 1, rtol=1e-4)
+    assert np.all(s.x_train[:, ~varying] == 0)
+    # Fixed split: a second load is identical.
+    again = load("digits")
+    assert np.array_equal(again.x_test, s.x_test) and np.array_equal(again.y_train, s.y_train)
+    bc = load("breast-cancer")
+    assert bc.num_classes == NUM_CLASSES["breast-cancer"] == 2 and bc.x_train.shape[1] == 30
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load("mnist")
+
+
+def test_symmetric_noise_flips_to_a_uniform_other_class():
+    y = np.arange(10).repeat(2000)
+    noisy = corrupt_labels(y, 10, 0.4, "symmetric", np.random.default_rng(0))
+    flipped = noisy != y
+    # Binomial(20000, 0.4): std 0.0035, so 0.02 is more than 5 standard deviations.
+    assert abs(flipped.mean() - 0.4) < 0.02
+    # Flipped labels are spread uniformly over the 9 other classes: offsets 1..9 each ~1/9.
+    offsets = np.bincount((noisy - y)[flipped] % 10, minlength=10)
+    assert offsets[0] == 0
+    np.testing.assert_allclose(offsets[1:] / flipped.sum(), 1 / 9, atol=0.02)
+    assert np.array_equal(corrupt_labels(y, 10, 0.0, "symmetric", np.random.default_rng(0)), y)
+    # Deterministic for a given generator state, different for another seed.
+    assert np.array_equal(noisy, corrupt_labels(y, 10, 0.4, "symmetric", np.random.default_rng(0)))
+    assert not np.array_equal(noisy, corrupt_labels(y, 10, 0.4, "symmetric", np.random.default_rng(1)))
+
+
+def test_asymmetric_noise_is_the_next_class():
+    y = np.arange(10).repeat(2000)
+    noisy = corrupt_labels(y, 10, 0.3, "asymmetric", np.random.default_rng(0))
+    flipped = noisy != y
+    assert abs(flipped.mean() - 0.3) < 0.02
+    assert np.array_equal(noisy[flipped], (y[flipped] + 1) % 10)
+    # Per class the rate is the same (class-dependent target, class-independent rate).
+    per_class = np.array([flipped[y == k].mean() for k in range(10)])
+    assert np.all(np.abs(per_class - 0.3) < 0.05)
+
+
+def test_max_noise_is_where_the_true_class_stops_being_the_plurality():
+    for c in (2, 3, 10):
+        for kind in ("symmetric", "asymmetric"):
+            limit = max_noise(c, kind)
+            # Observed-label distribution for true class 0: keep 1 - e, the rest as the noise spreads it.
+            def margin(e):  # P(observed = true class) - P(observed = the likeliest other class)
+                return (1 - e) - (e / (c - 1) if kind == "symmetric" else e)
+
+            assert margin(limit - 1e-3) > 0 and margin(limit + 1e-3) < 0
+            assert margin(limit) == pytest.approx(0, abs=1e-12)
+    with pytest.raises(ValueError):
+        max_noise(10, "pairflip")
+
+
+def test_objective_table_maps_short_names_to_registered_objectives():
+    # Every short name of the table whose objective is registered resolves and runs a step.
+    registered = set(losslab.list_losses())
+    names = [s for s, (reg, _) in nl.OBJECTIVES.items() if reg in registered]
+    assert "ce" in names
+    resolved = nl.resolve(",".join(names), 10)
+    assert [(s, r, k) for s, r, k in resolved] == [(s, *nl.OBJECTIVES[s]) for s in names]
+    # Registered names work directly, with overrides; overrides win over the table.
+    assert nl.resolve("cross_entropy:label_smoothing=0.1", 10) == [
+        ("cross_entropy:label_smoothing=0.1", "cross_entropy", {"label_smoothing": 0.1})]
+    assert nl.resolve("ce:label_smoothing=0.1:softcap=none", 10)[0][2] == {"label_smoothing": 0.1, "softcap": None}
+    for missing in set(nl.DEFAULT_LOSSES.split(",")) - set(names):
+        with pytest.raises(ExperimentError, match="not registered"):
+            nl.resolve(missing, 10)
+
+
+def test_mlp_init_is_deterministic_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a = nl.make_mlp(64, 10, torch.Generator().manual_seed(3))
+    b = nl.make_mlp(64, 10, torch.Generator().manual_seed(3))
+    c = nl.make_mlp(64, 10, torch.Generator().manual_seed(4))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+    # nn.Linear's default scale: weights and biases in +-1/sqrt(fan_in).
+    first = a[0]
+    assert first.weight.abs().max() <= 1 / 8 and first.bias.abs().max() <= 1 / 8
+    assert first.weight.abs().max() > 0.9 / 8
+
+
+def test_stateful_objective_gets_its_module_and_dataset_indices(digits, monkeypatch):
+    """The stateful contract: module(num_samples=N_train, **kwargs)(logits, target, index)."""
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self, num_samples, **kwargs):
+            super().__init__()
+            seen["init"] = (num_samples, kwargs)
+            seen["index"] = []
+
+        def forward(self, logits, target, index):
+            seen["index"].append(index.clone())
+            return torch.nn.functional.cross_entropy(logits, target)
+
+    class FakeInfo:
+        properties = {"stateful_module": True}
+        module = Spy
+
+    monkeypatch.setattr(losslab, "info", lambda name: FakeInfo())
+    args = argparse.Namespace(epochs=2, batch_size=64, lr=1e-3)
+    nl.train_one(digits, digits.y_train, "fake", {"lam0": 5.0}, 0, args)
+    n = digits.x_train.shape[0]
+    assert seen["init"] == (n, {"lam0": 5.0})
+    per_epoch = len(seen["index"]) // 2
+    for epoch in (seen["index"][:per_epoch], seen["index"][per_epoch:]):
+        assert torch.equal(torch.sort(torch.cat(epoch)).values, torch.arange(n))  # each sample once per epoch
+
+
+@pytest.mark.skipif("aldr_kl_loss" not in losslab.list_losses(), reason="aldr_kl_loss not registered")
+def test_aldr_kl_state_is_updated_during_training(digits, monkeypatch):
+    modules = []
+    real = nl._loss_callable
+
+    def keep(reg, kwargs, n):
+        m = real(reg, kwargs, n)
+        modules.append(m)
+        return m
+
+    monkeypatch.setattr(nl, "_loss_callable", keep)
+    args = argparse.Namespace(epochs=1, batch_size=64, lr=1e-3)
+    nl.train_one(digits, digits.y_train, "aldr_kl_loss", {}, 0, args)
+    (module,) = modules
+    lam = dict(module.named_buffers())
+    assert any(b.shape == (digits.x_train.shape[0],) for b in lam.values())
+    # Every sample was visited once, so every per-sample lambda moved off its initial lam0 = 10.
+    (buf,) = [b for b in lam.values() if b.shape == (digits.x_train.shape[0],)]
+    assert torch.all(buf < 10.0)
