@@ -97,6 +97,15 @@ def test_bad_run_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
     assert not (tmp_path / "out").exists()  # rejected before anything is written
 
 
+def test_out_that_is_a_file_exits_2_and_leaves_it_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("keep me")
+    assert main(TINY + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("losslab: error:") and "is not a folder" in err and err.count("\n") == 0
+    assert out.read_text() == "keep me"
+
+
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     exe = Path(sys.executable).with_name("losslab")  # the installed console script (.venv/bin/losslab)
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "losslab.cli"]

@@ -34,8 +34,8 @@ def load(name: str, *, test_size: float = 0.3, split_seed: int = 0) -> Split:
     labels int64.
 
     Example:
-        >>> s = load("digits")  # doctest: +SKIP
-        >>> s.x_train.shape, s.x_test.shape, s.num_classes  # doctest: +SKIP
+        >>> s = load("digits")
+        >>> s.x_train.shape, s.x_test.shape, s.num_classes
         ((1257, 64), (540, 64), 10)
     """
     from sklearn import datasets
