@@ -393,16 +393,20 @@ def test_gce_bounded_and_gradients_finite_for_extreme_logits():
 
 
 # --------------------------------------------------------------------------- adversarial comp-sum
+# The paper's defining equation could not be read (see the function's docstring); the loop is
+# the documented formula, written without the implementation's tricks: Δ over the classes
+# y' != y only (the implementation centres all C entries), Φ_τ from its definition, and the
+# norm as a square root of a sum of squares.
 def _adv_loop(x, xa, t, tau, nu):
     out = []
     for row, arow, y in zip(x.tolist(), xa.tolist(), t.tolist()):
         if y == -100:
             out.append(0.0)
             continue
-        u = sum(math.exp(v - row[y]) for v in row)
+        u = 1.0 + sum(math.exp(row[k] - row[y]) for k in range(len(row)) if k != y)
         phi = math.log(u) if tau == 1 else (u ** (1 - tau) - 1) / (1 - tau)
-        d_clean = [v - row[y] for v in row]       # Δ_h(x, y)
-        d_adv = [v - arow[y] for v in arow]       # Δ_h(x', y)
+        d_clean = [row[k] - row[y] for k in range(len(row)) if k != y]     # Δ(x),  y' != y
+        d_adv = [arow[k] - arow[y] for k in range(len(arow)) if k != y]    # Δ(x'), y' != y
         out.append(phi + nu * math.sqrt(sum((a - b) ** 2 for a, b in zip(d_adv, d_clean))))
     return out
 
@@ -415,12 +419,27 @@ def test_adversarial_comp_sum_matches_loop(tau, nu):
     np.testing.assert_allclose(LF.adversarial_comp_sum_loss(x, xa, t, tau=tau, nu=nu, reduction="none").numpy(), ref,
                                rtol=1e-10, atol=1e-14)
     keep = (t != -100).numpy()
+    np.testing.assert_allclose(LF.adversarial_comp_sum_loss(x, xa, t, tau=tau, nu=nu, reduction="sum").item(),
+                               np.sum(ref), rtol=1e-10)
     np.testing.assert_allclose(LF.adversarial_comp_sum_loss(x, xa, t, tau=tau, nu=nu).item(),
                                np.sum(ref) / keep.sum(), rtol=1e-10)
     w = torch.rand(5, generator=g, dtype=F64) + 0.1
     w_y = w[t.clamp_min(0)].numpy() * keep
     np.testing.assert_allclose(LF.adversarial_comp_sum_loss(x, xa, t, tau=tau, nu=nu, weight=w).item(),
                                np.sum(np.array(ref) * w_y) / w_y.sum(), rtol=1e-10)
+
+
+def test_adversarial_comp_sum_leading_dims_match_loop():
+    """(*, C) inputs: the class dimension is last; the loop runs over the flattened samples."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 3, 6, generator=g, dtype=F64) * 3
+    xa = x + torch.randn(2, 3, 6, generator=g, dtype=F64)
+    t = torch.randint(0, 6, (2, 3), generator=g)
+    t[0, 1] = -100
+    ref = _adv_loop(x.reshape(-1, 6), xa.reshape(-1, 6), t.reshape(-1), 1.5, 0.7)
+    out = LF.adversarial_comp_sum_loss(x, xa, t, tau=1.5, nu=0.7, reduction="none")
+    assert out.shape == (2, 3)
+    np.testing.assert_allclose(out.reshape(-1).numpy(), ref, rtol=1e-10, atol=1e-14)
 
 
 def test_adversarial_comp_sum_reduces_to_comp_sum():
