@@ -168,13 +168,12 @@ def cross_entropy(
 
     check_class_target(target, logits, ignore_index=ignore_index)
     t1 = target.reshape(-1)
-    keep = t1 != ignore_index
-    # The plain path (no weight, smoothing or z-loss) needs neither a safe copy of the target
-    # nor w[y]: torch's nll_loss skips ignored samples itself. Every kernel saved counts
-    # at small C, where the loss is launch-bound.
-    needs_safe = w is not None or eps > 0 or z_loss > 0
-    safe = torch.where(keep, t1, torch.zeros((), dtype=t1.dtype, device=t1.device)) if needs_safe else None
-    w_y = None if w is None else w[safe]
+    # Only the smoothing and z-loss terms need the keep mask, and only the z-loss needs a
+    # safe copy of the target and w[y]: nll_loss skips ignored samples and weights the kept
+    # ones itself. Every kernel saved counts at small C, where the loss is launch-bound.
+    keep = t1 != ignore_index if (eps > 0 or z_loss > 0) else None
+    safe = torch.where(keep, t1, torch.zeros((), dtype=t1.dtype, device=t1.device)) if z_loss > 0 else None
+    w_y = w[safe] if (w is not None and z_loss > 0) else None
 
     def smoothing_term():
         # (eps / C) * sum_k w_k (-log p_k), 0 for ignored samples (torch's definition).
@@ -198,21 +197,25 @@ def cross_entropy(
         return loss.reshape(lead)
 
     # "sum"/"mean": torch's fused nll_loss sum kernel (faster backward than a per-sample
-    # vector); the same value as reduce(<"none" loss>, reduction, mask, normalizer).
+    # vector); the same value as reduce(<"none" loss>, reduction, mask, normalizer). The
+    # aten op behind F.nll_loss also returns the kernel's total weight, sum_i w_{y_i} over
+    # kept samples (their count without `weight`), which is the "mean" denominator: no
+    # separate mask, count or gather pass is needed for it.
     check_reduction(reduction)
-    total = F.nll_loss(logp, t1, weight=w, ignore_index=ignore_index, reduction="sum")
+    total, total_weight = torch.ops.aten.nll_loss_forward(logp, t1, w, 2, ignore_index)  # 2 = sum
     if eps > 0:
         total = (1.0 - eps) * total + smoothing_term().sum()
     if z_loss > 0:
         total = total + z_term().sum()
     if reduction == "sum":
         return total
-    # "mean": divide by sum of w[y] over kept samples (torch's rule); 0 when nothing is kept.
-    if w_y is None:
-        # An integer count: clamping at 1 only changes the all-ignored case, where total is 0.
-        return total / keep.sum().clamp_min(1)
-    denom = torch.where(keep, w_y, torch.zeros((), dtype=out_dtype)).sum()
-    return total / torch.where(denom == 0, torch.ones_like(denom), denom)
+    # "mean": divide by sum of w[y] over kept samples (torch's rule). A zero denominator
+    # (nothing kept, or only zero-weight target classes) is replaced by 1 rather than giving
+    # torch's NaN: with nothing kept the loss is 0, with zero gradients.
+    if w is None:
+        # total_weight is the kept count: clamping at 1 only changes the all-ignored case.
+        return total / total_weight.clamp_min(1)
+    return total / torch.where(total_weight == 0, torch.ones_like(total_weight), total_weight)
 
 
 @register(
