@@ -2,8 +2,11 @@
 
 Mao, Mohri and Zhong (2023) write every member as :math:`\\Phi_\\tau(u)` of
 :math:`u = \\sum_{k} e^{x_k - x_y} = 1/p_y` (their :math:`1 + \\sum_{k \\ne y}`), with
-:math:`\\Phi_\\tau(u) = (u^{1-\\tau} - 1)/(1 - \\tau)` and :math:`\\Phi_1 = \\log`; here
-also the smooth adversarial comp-sum loss of the same paper.
+:math:`\\Phi_\\tau(u) = (u^{1-\\tau} - 1)/(1 - \\tau)` and :math:`\\Phi_1 = \\log`.
+
+The same paper's smooth adversarial comp-sum losses are not provided: the section that defines
+their smooth term could not be read, and losslab does not ship an objective whose formula is a
+guess.
 """
 from __future__ import annotations
 
@@ -14,15 +17,14 @@ from .._checks import (
     check_class_weight,
     check_in_range,
     check_nonnegative,
-    check_same_shape,
 )
-from .._numerics import compute_dtype, upcast
+from .._numerics import upcast
 from .._reduction import reduce
-from ..registry import Example, Reference, register
-from ._examples import classification_example, randint, randn
+from ..registry import Reference, register
+from ._examples import classification_example
 from .classification import _check_logits, _gather_target
 
-__all__ = ["comp_sum_loss", "generalized_cross_entropy", "adversarial_comp_sum_loss"]
+__all__ = ["comp_sum_loss", "generalized_cross_entropy"]
 
 COMPSUM_PAPER = Reference(
     title="Cross-Entropy Loss Functions: Theoretical Analysis and Applications",
@@ -203,128 +205,3 @@ def generalized_cross_entropy(
     # 1 - p^q = -expm1(q log p): exact as p -> 1, and p^q never formed from an underflowed p.
     loss = -torch.expm1(q * logp_y) / q
     return reduce(loss, reduction, weight=_class_weight(weight, safe, x.dtype), mask=keep)
-
-
-def _adversarial_example() -> Example:
-    n, c = 7, 5
-
-    def make(gen):
-        x = randn(gen, n, c)
-        return (x, x + 0.3 * randn(gen, n, c), randint(gen, c, n)), {"tau": 1.5, "nu": 0.5}
-
-    def mismatch(gen):
-        return (randn(gen, n, c), randn(gen, n, c + 1), randint(gen, c, n)), {"tau": 1.5, "nu": 0.5}
-
-    return Example(make=make, mismatch=mismatch, logits=(0, 1))
-
-
-@register(
-    "adversarial_comp_sum_loss",
-    family="classification",
-    reference=COMPSUM_PAPER,
-    seed=COMPSUM_PAPER.title,
-    example=_adversarial_example(),
-    input_kind="logits",
-    adversarial=True,
-)
-def adversarial_comp_sum_loss(
-    logits: torch.Tensor,
-    adv_logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    tau: float,
-    nu: float = 1.0,
-    weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    r"""Smooth adversarial comp-sum: Φ_τ on clean logits + ν‖Δ(x′) − Δ(x)‖₂ (penalty form unverified).
-
-    With ``logits`` :math:`= h(x)`, ``adv_logits`` :math:`= h(x')` the scores of a perturbed
-    input, and :math:`\Delta(x) = (x_k - x_y)_{k \ne y}` the score differences to the target,
-
-    .. math::
-        \ell = \Phi_\tau\Big(\sum_k e^{x_k - x_y}\Big)
-             + \nu\,\big\lVert \Delta(x') - \Delta(x) \big\rVert_2,
-        \qquad \big(\Delta(x') - \Delta(x)\big)_k = (x'_k - x_k) - (x'_y - x_y),
-
-    with :math:`\Phi_\tau` of :func:`comp_sum_loss`. The penalty is 0 when :math:`x'` only
-    shifts all scores of a sample by the same amount.
-
-    **What is verified, and what is this implementation's decision.** The section of Mao,
-    Mohri and Zhong (2023) that defines the smooth adversarial comp-sum losses could not be
-    read (the searches are listed in the project's report; only the abstract and secondary
-    summaries were found). The abstract states that these losses "are derived from their
-    comp-sum counterparts by adding in a related smooth term" and that the resulting
-    algorithms "consist of minimizing a regularized smooth adversarial comp-sum loss". So
-    verified: a comp-sum loss plus an added smooth term; the comp-sum part is the paper's
-    :math:`\Phi_\tau` family (:func:`comp_sum_loss`). Decided here, not checked against the
-    paper's equation:
-
-    - the smooth term is :math:`\nu` times the unsquared Euclidean norm of the change of the
-      target-relative score differences :math:`\Delta` between clean and perturbed input
-      (the entry :math:`k = y` of :math:`\Delta` is 0, so including it changes nothing);
-    - the comp-sum term is evaluated on the clean scores;
-    - the paper's adversarial losses take a supremum over :math:`\lVert x' - x\rVert_p \le
-      \gamma`; here :math:`x'` is given, so crafting it (e.g. a few PGD steps maximizing the
-      penalty or the loss) is the caller's job;
-    - whether the paper's definition carries a margin or scale parameter (ρ) and where it
-      enters could not be checked: this function has none. ``nu = 1`` is our default;
-    - ``weight``/``ignore_index``/``reduction`` follow ``F.cross_entropy`` (sample :math:`i`
-      is multiplied by :math:`w_{y_i}`, ``"mean"`` divides by their sum over kept samples);
-      the regularization the abstract mentions is not part of this function.
-
-    At :math:`\Delta(x') = \Delta(x)` the norm has a kink; its gradient there is taken as 0
-    (torch's convention for the norm at 0). :math:`\tau = 1` gives cross-entropy plus the
-    penalty.
-
-    Args:
-        logits: clean scores ``(*, C)``.
-        adv_logits: scores of the perturbed inputs ``(*, C)``.
-        target: ``(*)`` class indices.
-        tau: comp-sum parameter :math:`\tau \ge 0` (see :func:`comp_sum_loss`).
-        nu: penalty coefficient :math:`\nu \ge 0`.
-        weight: optional per-class weights ``(C,)``.
-        ignore_index: target value whose samples are left out.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-
-    Shape:
-        logits and adv_logits ``(*, C)``, target ``(*)``; output ``(*)`` for ``"none"``,
-        else a scalar.
-
-    Example:
-        >>> import torch
-        >>> from losslab.functional import adversarial_comp_sum_loss, comp_sum_loss
-        >>> x, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
-        >>> adv = x + torch.tensor([[-0.5, 0.5, 0.0]])   # e.g. model(pgd(inputs)) in training
-        >>> pen = adversarial_comp_sum_loss(x, adv, t, tau=1.0, nu=1.0) - comp_sum_loss(x, t, tau=1.0)
-        >>> round(pen.item(), 4)  # ||Δ(x') - Δ(x)||_2 = ||(1, 0.5)||_2
-        1.118
-        >>> adversarial_comp_sum_loss(x, x + 3.0, t, tau=1.0).item() == comp_sum_loss(x, t, tau=1.0).item()
-        True
-
-    References:
-        Mao, Mohri, Zhong, "Cross-Entropy Loss Functions: Theoretical Analysis and
-        Applications", ICML 2023 (PMLR 202:23803-23828), https://arxiv.org/abs/2304.07288
-        (smooth adversarial comp-sum losses; only the abstract verified, see above);
-        Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", 2018,
-        https://arxiv.org/abs/1706.06083 (PGD).
-    """
-    _check_logits(logits)
-    _check_logits(adv_logits, "adv_logits")
-    check_same_shape(adv_logits, logits, ("adv_logits", "logits"))
-    check_nonnegative(tau, "tau")
-    check_nonnegative(nu, "nu")
-    check_class_weight(weight, logits.shape[-1])
-    check_class_target(target, logits, ignore_index=ignore_index)
-    dtype = compute_dtype(logits, adv_logits)
-    x, xa = upcast(logits, dtype), upcast(adv_logits, dtype)
-    keep, safe, loss = _comp_sum_unreduced(x, target, tau, ignore_index)
-    if nu > 0:
-        # Differences first, then centre on the target entry: Δ(x') - Δ(x) is invariant to a
-        # common shift of either score vector, and no large score is ever subtracted from
-        # another unrelated one (d stays as small as the perturbation itself).
-        d = xa - x
-        d = d - d.gather(-1, safe.unsqueeze(-1))
-        loss = loss + nu * torch.linalg.vector_norm(d, dim=-1)
-    return reduce(loss, reduction, weight=_class_weight(weight, safe, dtype), mask=keep)

@@ -5,7 +5,7 @@ from .. import functional as F
 from ..registry import register_module
 from ._base import FunctionalLoss
 
-__all__ = ["CompSumLoss", "GeneralizedCrossEntropyLoss", "AdversarialCompSumLoss"]
+__all__ = ["CompSumLoss", "GeneralizedCrossEntropyLoss"]
 
 
 @register_module("comp_sum_loss")
@@ -16,8 +16,3 @@ class CompSumLoss(FunctionalLoss, function=F.comp_sum_loss):
 @register_module("generalized_cross_entropy")
 class GeneralizedCrossEntropyLoss(FunctionalLoss, function=F.generalized_cross_entropy):
     """Module form of :func:`losslab.functional.generalized_cross_entropy`."""
-
-
-@register_module("adversarial_comp_sum_loss")
-class AdversarialCompSumLoss(FunctionalLoss, function=F.adversarial_comp_sum_loss):
-    """Module form of :func:`losslab.functional.adversarial_comp_sum_loss`; ``forward(logits, adv_logits, target)``."""
