@@ -124,7 +124,13 @@ def check_class_target(
     check_leading_shape(target, name, logits.shape[:-1], "logits")
     if _VALIDATE and target.numel() > 0:
         num_classes = logits.shape[-1]
-        # One fused comparison and one host sync; the offending value is looked up only on error.
+        # Fast path: one reduction and one host sync when every index is a class.
+        lo, hi = torch.aminmax(target)
+        lo, hi = int(lo), int(hi)
+        if lo >= 0 and hi < num_classes:
+            return
+        # Otherwise (ignored entries or a bad index) find out which; the offending value is
+        # looked up only on error.
         bad = (target < 0) | (target >= num_classes)
         if ignore_index is not None:
             bad &= target != ignore_index
