@@ -11,6 +11,7 @@ from . import classification_surrogates as _classification_surrogates
 from . import divergences as _divergences
 from . import transport as _transport
 from . import transport_kernel as _transport_kernel
+from . import transport_flow as _transport_flow
 from . import information as _information
 from . import contrastive as _contrastive
 from . import contrastive_robust as _contrastive_robust
@@ -29,6 +30,7 @@ from .classification_surrogates import *  # noqa: F401,F403
 from .divergences import *  # noqa: F401,F403
 from .transport import *  # noqa: F401,F403
 from .transport_kernel import *  # noqa: F401,F403
+from .transport_flow import *  # noqa: F401,F403
 from .information import *  # noqa: F401,F403
 from .contrastive import *  # noqa: F401,F403
 from .contrastive_robust import *  # noqa: F401,F403
@@ -48,6 +50,7 @@ __all__: list[str] = [
     *_divergences.__all__,
     *_transport.__all__,
     *_transport_kernel.__all__,
+    *_transport_flow.__all__,
     *_information.__all__,
     *_contrastive.__all__,
     *_contrastive_robust.__all__,
