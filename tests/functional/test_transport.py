@@ -96,10 +96,10 @@ def test_not_converged_warns_with_error():
 
 def test_sinkhorn_divergence_matches_geomloss():
     geomloss = pytest.importorskip("geomloss")
-    x, y, a, b = _clouds(5, n=30, m=25)
-    blur = 0.5
+    x, y, a, b = _clouds(5, n=20, m=15)
+    blur = 0.7
     # geomloss anneals epsilon and stops after the schedule; scaling close to 1 makes it converge.
-    peer = geomloss.SamplesLoss("sinkhorn", p=2, blur=blur, debias=True, scaling=0.99, backend="tensorized")
+    peer = geomloss.SamplesLoss("sinkhorn", p=2, blur=blur, debias=True, scaling=0.97, backend="tensorized")
     ref = peer(a, x, b, y)
     ours = LF.sinkhorn_divergence(x, y, a=a, b=b, epsilon=blur**2, cost="half_sqeuclidean", **TIGHT)
     torch.testing.assert_close(ours, ref.to(F64), rtol=1e-4, atol=1e-7)
@@ -138,12 +138,16 @@ def test_bad_input():
 def test_monge_gap_definition_and_optimal_maps():
     x, _, a, _ = _clouds(7, n=15)
     t = x @ torch.tensor([[1.2, 0.3], [0.3, 0.8]], dtype=F64) + 0.5  # gradient of a convex quadratic: optimal
-    ref = (a * ((x - t) ** 2).sum(-1)).sum() - LF.sinkhorn(x, t, a=a, b=a, epsilon=0.05, **TIGHT).value
-    gap = LF.monge_gap(x, t, a=a, epsilon=0.05, **TIGHT)
+    # Plans of a cloud and its image under a monotone map are close to a permutation, where
+    # Sinkhorn converges slowly at small epsilon: eps = 0.2 and tol 1e-9 keep the test fast.
+    kw = dict(epsilon=0.2, tol=1e-9, max_iter=20000)
+    ref = (a * ((x - t) ** 2).sum(-1)).sum() - LF.sinkhorn(x, t, a=a, b=a, **kw).value
+    gap = LF.monge_gap(x, t, a=a, **kw)
     torch.testing.assert_close(gap, ref)
-    assert -0.05 * math.log(15) - 1e-9 <= gap.item() < 0.05  # >= -eps H(a), ~0 for an optimal map
+    h = -(a * a.log()).sum().item()
+    assert -0.2 * h - 1e-9 <= gap.item() < 0.0  # >= -eps H(a) (the identity coupling), ~0 for an optimal map
     scrambled = LF.monge_gap(x, t[torch.randperm(15, generator=torch.Generator().manual_seed(0))],
-                             epsilon=0.05, **TIGHT)  # uniform weights: the image measure is unchanged
+                             **kw)  # uniform weights: the image measure is unchanged
     assert scrambled.item() > 0.5  # same image measure, non-optimal pairing
     with pytest.raises(ValueError, match="shape of x"):
         LF.monge_gap(x, t[:5])
