@@ -15,7 +15,9 @@ from . import transport_flow as _transport_flow
 from . import information as _information
 from . import contrastive as _contrastive
 from . import contrastive_robust as _contrastive_robust
+from . import contrastive_multihead as _contrastive_multihead
 from . import metric as _metric
+from . import metric_fewshot as _metric_fewshot
 from . import ranking as _ranking
 from . import distillation as _distillation
 from . import preference as _preference
@@ -34,7 +36,9 @@ from .transport_flow import *  # noqa: F401,F403
 from .information import *  # noqa: F401,F403
 from .contrastive import *  # noqa: F401,F403
 from .contrastive_robust import *  # noqa: F401,F403
+from .contrastive_multihead import *  # noqa: F401,F403
 from .metric import *  # noqa: F401,F403
+from .metric_fewshot import *  # noqa: F401,F403
 from .ranking import *  # noqa: F401,F403
 from .distillation import *  # noqa: F401,F403
 from .preference import *  # noqa: F401,F403
@@ -54,7 +58,9 @@ __all__: list[str] = [
     *_information.__all__,
     *_contrastive.__all__,
     *_contrastive_robust.__all__,
+    *_contrastive_multihead.__all__,
     *_metric.__all__,
+    *_metric_fewshot.__all__,
     *_ranking.__all__,
     *_distillation.__all__,
     *_preference.__all__,
