@@ -299,6 +299,15 @@ def _check_solver_args(epsilon, scaling, max_iter, tol, cost, check_every):
         raise ValueError(f"cost must be one of {COSTS} or a callable, got {cost!r}")
 
 
+def _solver_inputs(x, y, a, b, epsilon, scaling, max_iter, tol, cost, check_every):
+    """Checked point clouds and weights in the compute dtype, shared by the Sinkhorn entry points."""
+    _check_points(x, y)
+    _check_solver_args(epsilon, scaling, max_iter, tol, cost, check_every)
+    dtype = compute_dtype(x, y)
+    xc, yc = upcast(x, dtype), upcast(y, dtype)
+    return xc, yc, _weights(a, xc.shape[:-1], "a", dtype, xc.device), _weights(b, yc.shape[:-1], "b", dtype, yc.device)
+
+
 def _sinkhorn_example() -> Example:
     def make(gen):
         return (randn(gen, 7, 2), randn(gen, 6, 2) + 0.5), {"epsilon": 0.5, "tol": 1e-13, "max_iter": 5000}
@@ -384,12 +393,7 @@ def sinkhorn(
         2013, https://arxiv.org/abs/1306.0895; Peyré & Cuturi, "Computational Optimal
         Transport", 2019, https://arxiv.org/abs/1803.00567.
     """
-    _check_points(x, y)
-    _check_solver_args(epsilon, scaling, max_iter, tol, cost, check_every)
-    dtype = compute_dtype(x, y)
-    xc, yc = upcast(x, dtype), upcast(y, dtype)
-    a_ = _weights(a, xc.shape[:-1], "a", dtype, xc.device)
-    b_ = _weights(b, yc.shape[:-1], "b", dtype, yc.device)
+    xc, yc, a_, b_ = _solver_inputs(x, y, a, b, epsilon, scaling, max_iter, tol, cost, check_every)
     C = pairwise_cost(xc, yc, cost)
     eps = float(epsilon)
     value, f, g, it, err = _entropic_value(C, a_, b_, eps, scaling, max_iter, tol, check_every, unrolled=unrolled)
@@ -465,12 +469,7 @@ def sinkhorn_divergence(
         Cuturi, "Learning Generative Models with Sinkhorn Divergences", AISTATS 2018,
         https://arxiv.org/abs/1706.00292.
     """
-    _check_points(x, y)
-    _check_solver_args(epsilon, scaling, max_iter, tol, cost, check_every)
-    dtype = compute_dtype(x, y)
-    xc, yc = upcast(x, dtype), upcast(y, dtype)
-    a_ = _weights(a, xc.shape[:-1], "a", dtype, xc.device)
-    b_ = _weights(b, yc.shape[:-1], "b", dtype, yc.device)
+    xc, yc, a_, b_ = _solver_inputs(x, y, a, b, epsilon, scaling, max_iter, tol, cost, check_every)
     kw = dict(epsilon=float(epsilon), scaling=scaling, max_iter=max_iter, tol=tol, check_every=check_every)
     # Self terms: one potential, symmetric averaged updates (fast and oscillation-free).
     xx, _, _, it_xx, err_xx = _entropic_value(pairwise_cost(xc, xc, cost), a_, a_, symmetric=True, **kw)
