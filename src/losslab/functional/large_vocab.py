@@ -105,11 +105,16 @@ def _check_target(target, lead, vocab, ignore_index, name="target", optional_ign
             )
 
 
-def _logits_into(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``h @ w.T (+ b)`` written into a preallocated buffer (no allocation per chunk)."""
+def _logits_into(
+    out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale: float = 1.0
+) -> torch.Tensor:
+    """``scale * (h @ w.T (+ b))`` written into a preallocated buffer (no allocation per chunk;
+    the scale, the softcap's ``1/c``, rides on the matrix product instead of a pass of its own)."""
     if b is None:
-        return torch.mm(h, w.t(), out=out)
-    return torch.addmm(b, h, w.t(), out=out)
+        if scale == 1.0:
+            return torch.mm(h, w.t(), out=out)
+        return out.addmm_(h, w.t(), beta=0.0, alpha=scale)  # beta=0: the buffer's old contents are ignored
+    return torch.addmm(b, h, w.t(), beta=scale, alpha=scale, out=out)
 
 
 def _apply_target_terms(g: torch.Tensor, y: torch.Tensor, c: torch.Tensor, eps: float, vocab: int) -> None:
@@ -148,18 +153,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s0 in range(0, n, rows):
             s1 = min(s0 + rows, n)
             hc, yc, kc = h[s0:s1], safe[s0:s1], keep[s0:s1]
-            x = _logits_into(xbuf[: s1 - s0], hc, w, b)
             if cap is None:
-                e = x
+                e = _logits_into(xbuf[: s1 - s0], hc, w, b)
+                m = e.amax(1, keepdim=True)
+                xy = e.gather(1, yc.unsqueeze(1))
+                if eps > 0:
+                    sumx = (torch.mv(hc, wsum) + bsum).unsqueeze(1)
+                e.sub_(m)
             else:
-                th = x.div_(cap).tanh_()  # x now holds tanh(x / c)
-                e = torch.mul(th, cap, out=ebuf[: s1 - s0])  # the capped logits
-            m = e.amax(1, keepdim=True)
-            xy = e.gather(1, yc.unsqueeze(1))
-            if eps > 0:
-                sumx = (e.sum(1) if cap is not None else torch.mv(hc, wsum) + bsum).unsqueeze(1)
+                # capped logits c tanh(x / c): statistics are taken on tanh and scaled (tanh is
+                # monotone), and c th - m is one fused pass into the second buffer
+                th = _logits_into(xbuf[: s1 - s0], hc, w, b, 1.0 / cap).tanh_()
+                m = th.amax(1, keepdim=True).mul_(cap)
+                xy = th.gather(1, yc.unsqueeze(1)).mul_(cap)
+                if eps > 0:
+                    sumx = th.sum(1, keepdim=True).mul_(cap)
+                e = torch.add(m.neg(), th, alpha=cap, out=ebuf[: s1 - s0])
             # exp(max(x - m, floor)): never a subnormal (module docstring); e becomes the weights
-            e.sub_(m).clamp_min_(_FLOOR).exp_()
+            e.clamp_min_(_FLOOR).exp_()
             ssum = e.sum(1, keepdim=True)
             logs = ssum.log()
             # CE = Z - (1-eps) x_y - eps mean_k x_k with Z = m + log(sum), written around m
@@ -227,14 +238,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s0 in range(0, n, rows):
             s1 = min(s0 + rows, n)
             hc = h[s0:s1]
-            x = _logits_into(xbuf[: s1 - s0], hc, w, b)
+            z = lse[s0:s1].unsqueeze(1)
             if cap is None:
-                e = x
+                e = _logits_into(xbuf[: s1 - s0], hc, w, b).sub_(z)
             else:
-                th = x.div_(cap).tanh_()
-                e = torch.mul(th, cap, out=ebuf[: s1 - s0])
-            # softmax = exp(max(x - Z, floor)), scaled by a_n in the same pass
-            g = e.sub_(lse[s0:s1].unsqueeze(1)).clamp_min_(_FLOOR).exp_().mul_(a[s0:s1].unsqueeze(1))
+                th = _logits_into(xbuf[: s1 - s0], hc, w, b, 1.0 / cap).tanh_()
+                e = torch.add(z.neg(), th, alpha=cap, out=ebuf[: s1 - s0])
+            # softmax = exp(max(x - Z, floor)), scaled by a_n
+            g = e.clamp_min_(_FLOOR).exp_().mul_(a[s0:s1].unsqueeze(1))
             if c is not None:
                 _apply_target_terms(g, safe[s0:s1], c[s0:s1], eps, vocab)
             if cap is not None:
