@@ -23,3 +23,9 @@ def _seed_and_validation():
     losslab.set_validation(True)
     yield
     losslab.set_validation(True)
+
+
+# Shared test helpers (tests/_spawn.py) import as top-level modules, also in spawned workers.
+import sys as _sys  # noqa: E402
+
+_sys.path.insert(0, os.path.dirname(__file__))

@@ -19,3 +19,27 @@ def test_readme_catalog_table_is_current():
 def test_readme_shows_the_two_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def test_readme_tour_runs():
+    """The tour is the first thing a user copies: it must run as printed."""
+    text = README.read_text()
+    code = text.split("## A 20-line tour", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    try:
+        exec(compile(code, "README tour", "exec"), {})
+    finally:
+        losslab.set_validation(True)
+
+
+def test_conventions_live_in_the_repository():
+    """Docstrings may point to CONTRIBUTING.md; it exists and states the vocabulary."""
+    contributing = README.parent / "CONTRIBUTING.md"
+    text = contributing.read_text()
+    for heading in ("One vocabulary across families", "Reductions", "Return types", "Modules",
+                    "Non-finite inputs", "Distributed"):
+        assert f"## {heading}" in text
+    src = README.parent / "src" / "losslab"
+    for path in src.rglob("*.py"):
+        body = path.read_text()
+        for private in ("CATALOG.md", "DESIGN.md", "FORMULAS.md"):
+            assert private not in body, f"{path.name} points to {private}, which is not in the repository"

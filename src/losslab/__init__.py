@@ -8,7 +8,7 @@ True
 """
 from __future__ import annotations
 
-from . import functional, nn, registry
+from . import distributed, functional, nn, registry
 from ._checks import set_validation, validation, validation_enabled
 from .registry import Example, LossInfo, Reference, families, get, info, list_losses, register
 
@@ -18,6 +18,7 @@ __all__ = [
     "functional",
     "nn",
     "registry",
+    "distributed",
     "Reference",
     "Example",
     "LossInfo",

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Reference", "Example", "LossInfo", "register", "register_module", "get", "info", "list_losses", "families"]
+__all__ = ["Reference", "Example", "LossInfo", "register", "register_module", "get", "info", "list_losses", "families",
+           "suggest"]
 
 
 @dataclass(frozen=True)
@@ -41,28 +42,50 @@ Factory = Callable[[torch.Generator], "tuple[tuple, dict]"]
 
 @dataclass(frozen=True)
 class Example:
-    """Small float64 inputs for the conformance suite.
+    """Small float64 inputs that drive the conformance suite (``tests/test_conformance.py``).
 
     Attributes:
         make: ``make(generator) -> (args, kwargs)``. Positional args are the tensors
-            (float64 for floating ones); kwargs the hyperparameters (may hold tensors,
-            such as class weights, which the suite does not perturb).
+            (float64 for floating ones); kwargs the hyperparameters and per-batch keyword
+            tensors (``mask``, ``negatives``, ...; the suite passes these to the Module's
+            ``forward``, the rest to its ``__init__``).
         mismatch: like ``make`` but with inconsistent shapes; must raise ``ValueError``.
-        logits: positions of the positional args that are logits / scores, scaled to
-            magnitude 1e4 in the extreme-input test. ``()`` skips that test.
+        mismatch_match: a regular expression the mismatch error message must match; it
+            names the offending argument (e.g. ``"target"``).
+        extreme: positions of the positional inputs scaled to magnitude 1e4 in the
+            extreme-input test (logits, point clouds, embeddings alike). ``None`` means
+            every floating positional input; ``()`` skips the test and needs
+            ``extreme_skip``, the documented reason (e.g. the input is a distribution).
+        extreme_skip: why the extreme-input test does not apply.
         grad: positions checked by ``gradcheck``; ``None`` means every floating arg.
-        module_kwargs: maps the function's kwargs to the Module's ``__init__`` kwargs when
-            they differ (default: the same kwargs).
-        output: extracts the loss tensor from the function's return value when it is
-            not a tensor (e.g. a result object); default: the value itself.
+        output: extracts the loss tensor from a return value that is not a tensor (a
+            ``NamedTuple``); default: the value itself.
+        mean_rule: ``mean_rule(none, args, kwargs) -> tensor``: the documented value of
+            ``reduction="mean"`` computed from the ``reduction="none"`` output (default:
+            ``none.mean()``, the plain mean). Weighted means over kept elements use
+            :func:`weighted_mean_rule`-style callables.
+        variants: extra factories run through the reduction checks: inputs carrying class
+            weights, ``ignore_index`` and extra leading dimensions wherever the objective
+            accepts them.
+        empty: a factory for a batch in which nothing is kept (every target ignored, every
+            mask entry False); ``"mean"`` must give 0 with zero gradients. Required when
+            the objective takes ``ignore_index`` or ``mask``.
+        module: for modules that are not thin wrappers (stateful, parameter-owning):
+            ``module(generator) -> (module, args, kwargs)`` with ``kwargs`` the per-batch
+            keyword arguments of ``forward``; the suite round-trips its ``state_dict``.
     """
 
     make: Factory
     mismatch: Factory | None = None
-    logits: tuple[int, ...] = (0,)
+    mismatch_match: str | None = None
+    extreme: tuple[int, ...] | None = None
+    extreme_skip: str | None = None
     grad: tuple[int, ...] | None = None
-    module_kwargs: Callable[[dict], dict] | None = None
     output: Callable[[Any], torch.Tensor] | None = None
+    mean_rule: Callable[[torch.Tensor, tuple, dict], torch.Tensor] | None = None
+    variants: tuple[Factory, ...] = ()
+    empty: Factory | None = None
+    module: Callable[[torch.Generator], "tuple[torch.nn.Module, tuple, dict]"] | None = None
 
 
 @dataclass
@@ -74,9 +97,31 @@ class LossInfo:
     function: Callable[..., Any]
     reference: Reference
     seed: str | None = None
-    module: type | None = None
+    modules: list[type] = field(default_factory=list)
     example: Example | None = None
     properties: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+    @property
+    def module(self) -> type | None:
+        """The Module form (the first attached); :attr:`modules` lists every one."""
+        return self.modules[0] if self.modules else None
+
+    @property
+    def batch_level(self) -> bool:
+        """A single number of the whole batch (no per-sample values, no ``reduction``)."""
+        return bool(self.properties.get("batch_level", False))
+
+    @property
+    def graph_breaks(self) -> str | None:
+        """Why ``torch.compile`` breaks the graph (e.g. a solver's convergence test), or None."""
+        return self.properties.get("graph_breaks")
+
+    def search_text(self) -> str:
+        """Everything :func:`list_losses` matches a pattern against (lower case)."""
+        props = " ".join(k for k, v in self.properties.items() if v is True)
+        return " ".join([self.name, self.family, self.summary, self.reference.title, " ".join(self.tags),
+                         props.replace("_", " "), props]).lower()
 
     @property
     def summary(self) -> str:
@@ -102,9 +147,14 @@ def register(
     reference: Reference,
     seed: str | None = None,
     example: Example | None = None,
+    tags: tuple[str, ...] = (),
     **properties: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a public objective under ``name`` (default: the function's name).
+
+    ``tags`` are the words a user searches with (``"noisy labels"``, ``"long tail"``,
+    ``"distillation"``, ...): :func:`list_losses` matches names, summaries, paper titles,
+    tags and true-valued properties.
 
     Raises:
         ValueError: if ``name`` is already registered.
@@ -114,10 +164,10 @@ def register(
         key = name or fn.__name__
         if key in _REGISTRY and not _same_definition(_REGISTRY[key].function, fn):
             raise ValueError(f"objective {key!r} is already registered (by {_REGISTRY[key].function.__module__})")
-        module = _REGISTRY[key].module if key in _REGISTRY else None
+        modules = _REGISTRY[key].modules if key in _REGISTRY else []
         _REGISTRY[key] = LossInfo(
             name=key, family=family, function=fn, reference=reference, seed=seed, example=example,
-            properties=dict(properties), module=module,
+            properties=dict(properties), modules=modules, tags=tuple(tags),
         )
         return fn
 
@@ -133,27 +183,47 @@ def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
 
 
 def register_module(name: str) -> Callable[[type], type]:
-    """Class decorator attaching an ``nn.Module`` wrapper to the registered objective ``name``."""
+    """Class decorator attaching an ``nn.Module`` to the registered objective ``name``.
+
+    An objective may have several Modules (e.g. a stateless wrapper and a stateful
+    variant); the first attached is :attr:`LossInfo.module`.
+    """
 
     def deco(cls: type) -> type:
         if name not in _REGISTRY:
             raise ValueError(f"cannot attach {cls.__name__}: no objective named {name!r} is registered")
-        existing = _REGISTRY[name].module
-        if existing is not None and not (existing.__qualname__ == cls.__qualname__
-                                         and inspect.getsourcefile(existing) == inspect.getsourcefile(cls)):
-            raise ValueError(f"objective {name!r} already has module {_REGISTRY[name].module.__name__}")
-        _REGISTRY[name].module = cls
+        mods = _REGISTRY[name].modules
+        for i, existing in enumerate(mods):
+            if existing.__qualname__ == cls.__qualname__:
+                if inspect.getsourcefile(existing) != inspect.getsourcefile(cls):
+                    raise ValueError(f"objective {name!r} already has a module named {cls.__name__}")
+                mods[i] = cls  # the same class imported twice (single-file doctest run)
+                return cls
+        mods.append(cls)
         return cls
 
     return deco
+
+
+def suggest(name: str, n: int = 5) -> list[str]:
+    """Registered names close to ``name`` (edit distance, then substring), best first."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=n, cutoff=0.6)
+    for other in sorted(_REGISTRY):
+        if len(close) >= n:
+            break
+        if other not in close and (name.lower() in other or other in name.lower()):
+            close.append(other)
+    return close
 
 
 def _lookup(name: str) -> LossInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = fnmatch.filter(_REGISTRY, f"*{name}*")
-        hint = f"; did you mean one of {close[:5]}?" if close else "; see losslab.list_losses()"
+        close = suggest(name)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "; see losslab.list_losses()"
         raise KeyError(f"no objective named {name!r}{hint}") from None
 
 
@@ -168,9 +238,18 @@ def info(name: str) -> LossInfo:
 
 
 def list_losses(pattern: str = "*", *, family: str | None = None) -> list[str]:
-    """Sorted registered names matching the fnmatch ``pattern`` (and ``family``, if given)."""
+    """Sorted registered names matching ``pattern`` (and ``family``, if given).
+
+    ``pattern`` is an fnmatch pattern (``"*kl*"``) matched against the name, and also,
+    case-insensitively, against the summary, the paper's title, the tags and the
+    true-valued properties: ``list_losses("*noisy*")`` finds the noise-robust losses,
+    ``list_losses("*long*tail*")`` the long-tail ones.
+    """
+    pat = pattern.lower()
     return sorted(
-        n for n, i in _REGISTRY.items() if fnmatch.fnmatchcase(n, pattern) and (family is None or i.family == family)
+        n for n, i in _REGISTRY.items()
+        if (family is None or i.family == family)
+        and (fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(i.search_text(), pat))
     )
 
 

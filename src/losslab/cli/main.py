@@ -12,7 +12,6 @@ in-process: ``main(["list", "*kl*"])``.
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 from typing import Sequence
@@ -32,7 +31,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p_list = sub.add_parser("list", help="list registered objectives")
-    p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. '*kl*'")
+    p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern matched against names, summaries, paper titles and tags, "
+                        "e.g. '*kl*', '*noisy*', '*long*tail*'")
     p_list.add_argument("--family", default=None, help="only this family, e.g. classification")
     p_list.add_argument("--markdown", action="store_true", help="print the README catalog table")
 
@@ -55,10 +55,9 @@ class _UsageError(Exception):
 def _check_name(name: str) -> None:
     import losslab
 
-    known = losslab.list_losses()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `losslab list`"
+    if name not in losslab.list_losses():
+        close = losslab.registry.suggest(name)  # the same suggestions as losslab.info()
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "; see `losslab list`"
         raise _UsageError(f"no objective named {name!r}{hint}")
 
 

@@ -19,11 +19,7 @@ from . import contrastive_multihead as _contrastive_multihead
 from . import metric as _metric
 from . import metric_fewshot as _metric_fewshot
 from . import ranking as _ranking
-from . import distillation as _distillation
-from . import preference as _preference
 from . import large_vocab as _large_vocab
-from . import regression as _regression
-from . import calibration as _calibration
 
 from .classification import *  # noqa: F401,F403
 from .classification_compsum import *  # noqa: F401,F403
@@ -40,11 +36,7 @@ from .contrastive_multihead import *  # noqa: F401,F403
 from .metric import *  # noqa: F401,F403
 from .metric_fewshot import *  # noqa: F401,F403
 from .ranking import *  # noqa: F401,F403
-from .distillation import *  # noqa: F401,F403
-from .preference import *  # noqa: F401,F403
 from .large_vocab import *  # noqa: F401,F403
-from .regression import *  # noqa: F401,F403
-from .calibration import *  # noqa: F401,F403
 
 __all__: list[str] = [
     *_classification.__all__,
@@ -62,9 +54,5 @@ __all__: list[str] = [
     *_metric.__all__,
     *_metric_fewshot.__all__,
     *_ranking.__all__,
-    *_distillation.__all__,
-    *_preference.__all__,
     *_large_vocab.__all__,
-    *_regression.__all__,
-    *_calibration.__all__,
 ]

@@ -1,4 +1,0 @@
-"""preference objectives (see CATALOG.md)."""
-from __future__ import annotations
-
-__all__: list[str] = []

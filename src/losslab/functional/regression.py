@@ -1,4 +1,0 @@
-"""regression objectives (see CATALOG.md)."""
-from __future__ import annotations
-
-__all__: list[str] = []

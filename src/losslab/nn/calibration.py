@@ -1,4 +1,0 @@
-"""Module wrappers for the calibration family."""
-from __future__ import annotations
-
-__all__: list[str] = []
