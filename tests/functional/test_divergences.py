@@ -1,5 +1,7 @@
 """Categorical divergences against SciPy, torch and loops over the definitions."""
+import inspect
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -8,7 +10,10 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import losslab
 from losslab import functional as LF
+from losslab import nn as LN
+# The generator table is code under test (its f, f', f* are checked below); references use _f_ref.
 from losslab.functional.divergences import F_DIVERGENCES, f_divergence_generator as generator
 
 scipy_special = pytest.importorskip("scipy.special")
@@ -24,6 +29,30 @@ def _pq(seed=0, n=6, c=7, scale=2.0):
 
 def _probs(x):
     return torch.softmax(x, -1).numpy()
+
+
+def _f_ref(name, alpha=0.3):
+    """Generators f (D_f(P‖Q) = Σ q f(p/q), f(1) = 0) written from the definitions, in NumPy,
+    independent of the module's table.
+
+    Csiszár (1967) / Ali & Silvey (1966); Nowozin et al., "f-GAN" (2016), Table 1: kl u log u,
+    reverse_kl −log u, Pearson χ² (u − 1)², Jeffreys (u − 1) log u, total variation ½|u − 1|;
+    their "Jensen-Shannon" u log u − (u+1) log((u+1)/2) and squared Hellinger (√u − 1)² are
+    halved here (JS as the mean of the two KLs, H² in [0, 1]); α: Cichocki & Amari,
+    "Families of Alpha- Beta- and Gamma- Divergences" (2010), (u^α − α u − (1 − α)) / (α(α − 1)).
+    ``xlogy`` (SciPy) gives 0 log 0 = 0 at u = 0.
+    """
+    xlogy = scipy_special.xlogy
+    return {
+        "kl": lambda u: xlogy(u, u),
+        "reverse_kl": lambda u: -np.log(u),
+        "js": lambda u: 0.5 * (xlogy(u, u) - (u + 1) * np.log((u + 1) / 2)),
+        "alpha": lambda u: (u ** alpha - alpha * u - (1 - alpha)) / (alpha * (alpha - 1)),
+        "total_variation": lambda u: 0.5 * np.abs(u - 1),
+        "hellinger": lambda u: 0.5 * (np.sqrt(u) - 1) ** 2,
+        "chi2": lambda u: (u - 1) ** 2,
+        "jeffreys": lambda u: (u - 1) * np.log(u),
+    }[name]
 
 
 def test_kl_matches_scipy_and_torch():
@@ -70,13 +99,21 @@ def test_generalized_js_alpha_tv_hellinger_chi2_match_loops():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_f_divergence_equals_generic_sum_over_its_generator(name):
-    """D_f(P‖Q) = Σ_k q_k f(p_k / q_k) with the table's generator, in float64."""
+    """D_f(P‖Q) = Σ_k q_k f(p_k / q_k) with f written from the definition (_f_ref), NumPy float64."""
     a, b = _pq(3, scale=1.0)
-    p, q = torch.softmax(a, -1), torch.softmax(b, -1)
-    gen = generator(name, alpha=0.3)
-    generic = (q * gen.f(p / q)).sum(-1)
+    p, q = _probs(a), _probs(b)
+    generic = (q * _f_ref(name, alpha=0.3)(p / q)).sum(-1)
     ours = LF.f_divergence(a, b, divergence=name, alpha=0.3, reduction="none")
-    torch.testing.assert_close(ours, generic, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours.numpy(), generic, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("alpha", [0.3, 2.0, -0.5])
+def test_generator_table_matches_the_definitions(name, alpha):
+    """The shared table's f (used by f-DPO and variational bounds) is the textbook generator."""
+    u = np.array([0.05, 0.2, 0.7, 1.0, 1.5, 3.0, 20.0])
+    ours = generator(name, alpha=alpha).f(torch.tensor(u, dtype=F64)).numpy()
+    np.testing.assert_allclose(ours, _f_ref(name, alpha=alpha)(u), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -207,7 +244,7 @@ def test_zero_class_in_one_distribution_matches_loop(name, alpha):
     q = torch.tensor([[0.0, 0.5, -0.4, 0.2]], dtype=F64)
     for x, y in ((p, q), (q, p)):
         px, qy = torch.softmax(x, -1)[0].tolist(), torch.softmax(y, -1)[0].tolist()
-        gen = generator(name, alpha=alpha)
+        f = _f_ref(name, alpha=alpha)
 
         # f'(inf) = lim_{u->inf} f(u)/u, worked out by hand from each generator.
         slope = {"kl": inf, "reverse_kl": 0.0, "js": 0.5 * math.log(2), "total_variation": 0.5, "hellinger": 0.5,
@@ -215,10 +252,11 @@ def test_zero_class_in_one_distribution_matches_loop(name, alpha):
 
         def term(pk, qk):  # q f(p/q), with 0 f(p/0) = p f'(inf) and 0 f(0/0) = 0
             if qk > 0:
-                return qk * gen.f(torch.tensor(pk / qk, dtype=F64)).item()
+                return qk * float(f(np.float64(pk / qk)))
             return 0.0 if pk == 0 else pk * slope
 
-        ref = sum(term(pk, qk) for pk, qk in zip(px, qy))
+        with np.errstate(divide="ignore"):  # f(0) = +inf for reverse_kl, jeffreys, alpha < 0
+            ref = sum(term(pk, qk) for pk, qk in zip(px, qy))
         out = LF.f_divergence(x, y, divergence=name, alpha=alpha).item()
         if math.isinf(ref):
             assert out == inf
@@ -325,22 +363,60 @@ def test_f_divergences_strictly_positive_when_distributions_differ(seed, case):
     assert (LF.f_divergence(a, b, divergence=name, alpha=alpha, reduction="none") > 0).all()
 
 
-def test_nan_input_rejected_when_validation_on():
-    import losslab
+# Every divergence as f(p, q, **kw) -> per-sample values, for the NaN / +inf / mask tests.
+ALL_DIVERGENCES = [
+    (LF.kl_divergence, {}), (LF.js_divergence, {}), (LF.generalized_js_divergence, {"beta": 0.3}),
+    (LF.alpha_divergence, {"alpha": 0.3}), (LF.total_variation, {}), (LF.hellinger_distance, {}),
+    (LF.hellinger_distance, {"squared": True}),
+    *[(LF.f_divergence, {"divergence": n, "alpha": al}) for n, al in FINITE_CASES],
+]
+IDS = [f"{fn.__name__}{'-' + '-'.join(map(str, kw.values())) if kw else ''}" for fn, kw in ALL_DIVERGENCES]
 
-    a = torch.randn(3, 4)
+
+@pytest.mark.parametrize("fn,kw", ALL_DIVERGENCES, ids=IDS)
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")], ids=["nan", "posinf"])
+@pytest.mark.parametrize("log_probs", [False, True], ids=["logits", "log_probs"])
+def test_nan_or_posinf_input_gives_nan_for_its_sample_only(fn, kw, bad_value, log_probs):
+    """Regression (issue 8): kl_divergence raised on NaN after a full isnan pass over the logits
+    (check_finite) while the other objectives returned NaN. Now one rule: with validation on
+    (the default), a NaN or +inf in a kept sample gives NaN for that sample, never a finite
+    value; the other samples are untouched; a masked-out sample holding it is left out."""
+    a, b = _pq(20, n=3, c=4)
+    if log_probs:
+        a, b = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
     bad = a.clone()
-    bad[1, 2] = float("nan")
-    for fn in (LF.kl_divergence, LF.js_divergence, LF.total_variation, LF.f_divergence):
-        with pytest.raises(ValueError, match="NaN"):
-            fn(bad, a)
-        with pytest.raises(ValueError, match="NaN"):
-            fn(a, bad)
-    with losslab.validation(False):  # unchecked NaN propagates to its sample, never reads as p = 0
-        for name, alpha in FINITE_CASES:
-            for x, y in ((bad, a), (a, bad)):
-                out = LF.f_divergence(x, y, divergence=name, alpha=alpha, reduction="none")
-                assert torch.isnan(out[1]) and not torch.isnan(out[[0, 2]]).any()
+    bad[1, 2] = bad_value
+    assert losslab._checks.validation_enabled()
+    for x, y in ((bad, b), (b, bad)):
+        out = fn(x, y, log_probs=log_probs, reduction="none", **kw)
+        assert torch.isnan(out[1]), f"{bad_value} input gave {out[1]} instead of NaN"
+        assert torch.isfinite(out[[0, 2]]).all()
+        assert torch.isnan(fn(x, y, log_probs=log_probs, **kw))
+        keep = torch.tensor([True, False, True])
+        torch.testing.assert_close(fn(x, y, log_probs=log_probs, mask=keep, **kw), out[keep].mean())
+
+
+def test_neg_inf_logits_stay_zero_probability_classes():
+    """-inf is a class with probability 0 (not a non-finite input): same value as dropping it."""
+    a, b = _pq(21, n=3, c=4)
+    ninf = torch.full((3, 1), -float("inf"), dtype=F64)
+    for fn, kw in ALL_DIVERGENCES:
+        if kw.get("divergence") in ("reverse_kl", "jeffreys") or kw.get("alpha", 0.5) < 0:
+            continue  # p = 0 < q there: +inf, tested in test_zero_class_in_one_distribution_matches_loop
+        out = fn(torch.cat([a, ninf], -1), torch.cat([b, b[:, :1]], -1), reduction="none", **kw)
+        assert torch.isfinite(out).all(), (fn.__name__, kw)
+
+
+def test_no_value_pass_over_the_logits(monkeypatch):
+    """Regression: no objective of this family calls torch.isnan on its (vocabulary-sized) inputs."""
+    calls = []
+    real = torch.isnan
+    monkeypatch.setattr(torch, "isnan", lambda x: calls.append(x.shape) or real(x))
+    a, b = _pq(22)
+    for fn, kw in ALL_DIVERGENCES:
+        fn(a, b, **kw)
+    LF.jsd_contrastive_logits(a, b)
+    assert not calls, f"isnan called on inputs of shape {calls}"
 
 
 def test_more_bad_input():
@@ -355,7 +431,7 @@ def test_more_bad_input():
         LF.generalized_js_divergence(a, a, beta=0.0)
     with pytest.raises(ValueError, match="offset"):
         LF.jsd_contrastive_logits(a, a, offset=float("nan"))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="context_logits and no_context_logits must have the same shape"):
         LF.jsd_contrastive_logits(a, torch.randn(3, 5))
 
 
@@ -392,3 +468,110 @@ def test_alpha_float32_accurate_near_the_kl_limits(alpha):
     r64 = LF.alpha_divergence(a, b, alpha=alpha, reduction="none")
     r32 = LF.alpha_divergence(a.float(), b.float(), alpha=alpha, reduction="none").double()
     torch.testing.assert_close(r32, r64, rtol=1e-5, atol=0)
+
+
+# --------------------------------------------------------------------------- modules and hyperparameters
+MODULES = [(LN.KLDivergence, LF.kl_divergence, {}), (LN.JSDivergence, LF.js_divergence, {}),
+           (LN.GeneralizedJSDivergence, LF.generalized_js_divergence, {"beta": 0.2}),
+           (LN.AlphaDivergence, LF.alpha_divergence, {"alpha": 1.5}), (LN.TotalVariation, LF.total_variation, {}),
+           (LN.HellingerDistance, LF.hellinger_distance, {"squared": True}),
+           (LN.FDivergence, LF.f_divergence, {"divergence": "chi2"})]
+
+
+@pytest.mark.parametrize("module_cls,fn,kw", MODULES, ids=[m.__name__ for m, _, _ in MODULES])
+def test_module_takes_mask_in_forward(module_cls, fn, kw):
+    """Regression (issue 8): KLDivergence()(p, q, mask=m) raised TypeError and KLDivergence(mask=m)
+    fixed the batch shape at construction. The mask is per batch: a forward argument."""
+    g = torch.Generator().manual_seed(30)
+    loss_fn = module_cls(temperature=2.0, **kw)
+    for shape in ((5,), (2, 3)):  # batches of different shapes through one module
+        a, b = torch.randn(*shape, 6, generator=g, dtype=F64), torch.randn(*shape, 6, generator=g, dtype=F64)
+        mask = torch.rand(shape, generator=g) > 0.3
+        mask.view(-1)[0] = True
+        torch.testing.assert_close(loss_fn(a, b, mask=mask), fn(a, b, mask=mask, temperature=2.0, **kw), rtol=0, atol=0)
+        torch.testing.assert_close(loss_fn(a, b), fn(a, b, temperature=2.0, **kw), rtol=0, atol=0)
+    assert "mask" in inspect.signature(module_cls.forward).parameters
+    assert "mask" not in inspect.signature(module_cls.__init__).parameters
+    with pytest.raises(TypeError, match="mask"):
+        module_cls(mask=torch.ones(5, dtype=torch.bool), **kw)
+
+
+def test_all_masked_batch_gives_zero_mean_and_zero_gradients():
+    a, b = (x.requires_grad_(True) for x in _pq(31))
+    for fn, kw in ALL_DIVERGENCES:
+        out = fn(a, b, mask=torch.zeros(6, dtype=torch.bool), **kw)
+        ga, gb = torch.autograd.grad(out, (a, b))
+        assert out.item() == 0.0 and not ga.any() and not gb.any()
+
+
+@pytest.mark.parametrize("module_cls,kw,error,match", [
+    (LN.KLDivergence, {"temperature": 0.0}, ValueError, "temperature"),
+    (LN.JSDivergence, {"temperature": float("inf")}, ValueError, "temperature"),
+    (LN.KLDivergence, {"reduction": "batchmean"}, ValueError, "reduction"),
+    (LN.TotalVariation, {"log_probs": 1}, TypeError, "log_probs"),
+    (LN.GeneralizedJSDivergence, {"beta": 0.0}, ValueError, "beta"),
+    (LN.GeneralizedJSDivergence, {"beta": 1.0}, ValueError, "beta"),
+    (LN.AlphaDivergence, {"alpha": float("nan")}, ValueError, "alpha"),
+    (LN.AlphaDivergence, {"alpha": True}, ValueError, "alpha"),
+    (LN.HellingerDistance, {"squared": "yes"}, TypeError, "squared"),
+    (LN.FDivergence, {"divergence": "wasserstein"}, ValueError, "divergence must be one of"),
+    (LN.FDivergence, {"divergence": "alpha", "alpha": float("inf")}, ValueError, "alpha"),
+])
+def test_modules_check_hyperparameters_at_construction(module_cls, kw, error, match):
+    with pytest.raises(error, match=match):
+        module_cls(**kw)
+
+
+@pytest.mark.parametrize("fn,kw,error,match", [
+    (LF.kl_divergence, {"log_probs": "yes"}, TypeError, "log_probs"),
+    (LF.hellinger_distance, {"squared": 1}, TypeError, "squared"),
+    (LF.generalized_js_divergence, {"beta": -0.1}, ValueError, "beta"),
+    (LF.f_divergence, {"alpha": float("nan")}, ValueError, "alpha"),
+    (LF.jsd_contrastive_logits, {"return_alpha": 1}, TypeError, "return_alpha"),
+    (LF.jsd_contrastive_logits, {"offset": float("inf")}, ValueError, "offset"),
+])
+def test_functions_check_the_same_hyperparameters_at_call_time(fn, kw, error, match):
+    a = torch.randn(3, 4)
+    with pytest.raises(error, match=match):
+        fn(a, a, **kw)
+
+
+@pytest.mark.parametrize("wrong,suggested", [
+    ("hellnger", "'hellinger'"), ("Jeffreys", "'jeffreys'"), ("chi_2", "'chi2'"),
+    ("jsd", "'js'"), ("tv", "'total_variation'"), ("forward_kl", "'reverse_kl'"),
+])
+def test_divergence_name_did_you_mean(wrong, suggested):
+    for call in (lambda: LF.f_divergence(torch.zeros(2, 3), torch.zeros(2, 3), divergence=wrong),
+                 lambda: LN.FDivergence(divergence=wrong), lambda: generator(wrong)):
+        with pytest.raises(ValueError, match="did you mean") as err:
+            call()
+        assert suggested in str(err.value) and repr(wrong) in str(err.value)
+
+
+# --------------------------------------------------------------------------- jsd_contrastive_logits return type
+def test_jsd_contrastive_logits_returns_a_named_tuple():
+    """Regression (issue 8): return_alpha=True returned a bare tuple; now a NamedTuple whose first
+    field is the main output, with typing.overload annotations for both flag values."""
+    a, b = _pq(40)
+    plain = LF.jsd_contrastive_logits(a, b, offset=0.2)
+    res = LF.jsd_contrastive_logits(a, b, offset=0.2, return_alpha=True)
+    assert isinstance(plain, torch.Tensor) and isinstance(res, LF.ContrastiveDecodingOutput)
+    assert res._fields == ("logits", "alpha") and res[0] is res.logits
+    torch.testing.assert_close(res.logits, plain, rtol=0, atol=0)
+    assert res.alpha.shape == (6,)
+    np.testing.assert_allclose(res.alpha.numpy(), scipy_distance.jensenshannon(_probs(a), _probs(b), axis=-1) ** 2 + 0.2,
+                               rtol=1e-10)
+    overloads = typing.get_overloads(LF.jsd_contrastive_logits)
+    returns = {str(inspect.signature(o).parameters["return_alpha"].annotation): inspect.signature(o).return_annotation
+               for o in overloads}
+    assert returns == {"Literal[False]": "torch.Tensor", "Literal[True]": "ContrastiveDecodingOutput"}
+
+
+def test_log_probs_path_and_mask_compile_without_graph_break():
+    """The conformance suite compiles the default (logits) path; this is the log_probs path with a mask."""
+    a, b = (torch.log_softmax(x, -1) for x in _pq(41))
+    mask = torch.tensor([True, False, True, True, True, False])
+    fn = lambda x, y, m: LF.alpha_divergence(x, y, alpha=2.0, log_probs=True, mask=m)  # noqa: E731
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(a, b, mask), fn(a, b, mask), rtol=1e-12, atol=1e-14)
