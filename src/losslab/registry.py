@@ -206,16 +206,18 @@ def register_module(name: str) -> Callable[[type], type]:
 
 
 def suggest(name: str, n: int = 5) -> list[str]:
-    """Registered names close to ``name`` (edit distance, then substring), best first."""
+    """Registered names close to ``name``, best first: names it begins, then by edit distance, then substrings."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=n, cutoff=0.6)
-    for other in sorted(_REGISTRY):
-        if len(close) >= n:
-            break
-        if other not in close and (name.lower() in other or other in name.lower()):
+    key = name.lower()
+    close = [other for other in sorted(_REGISTRY, key=len) if other.startswith(key) and other != key]
+    for other in difflib.get_close_matches(key, list(_REGISTRY), n=n, cutoff=0.6):
+        if other not in close:
             close.append(other)
-    return close
+    for other in sorted(_REGISTRY):
+        if other not in close and (key in other or other in key):
+            close.append(other)
+    return close[:n]
 
 
 def _lookup(name: str) -> LossInfo:

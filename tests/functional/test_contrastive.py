@@ -62,6 +62,31 @@ def test_alignment_uniformity_tolerance_match_loops():
     labels = torch.tensor([0, 1, 0, 1, 2, 0, 3])
     sims = [float(xn[i] @ xn[j]) for i in range(7) for j in range(7) if i != j and labels[i] == labels[j]]
     np.testing.assert_allclose(LF.tolerance(x, labels).item(), np.mean(sims), rtol=1e-12)
+    # "none": per sample, the sum of its same-class similarities; "sum" over all pairs
+    per = [sum(float(xn[i] @ xn[j]) for j in range(7) if j != i and labels[i] == labels[j]) for i in range(7)]
+    np.testing.assert_allclose(LF.tolerance(x, labels, reduction="none").numpy(), per, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(LF.tolerance(x, labels, reduction="sum").item(), np.sum(sims), rtol=1e-12)
+    aligned = [float(((xn[i] - yn[i]) ** 2).sum()) for i in range(7)]
+    np.testing.assert_allclose(LF.alignment(x, y, reduction="none").numpy(), aligned, rtol=1e-12)
+
+
+def test_vocabulary_names_as_keywords():
+    """Paired embeddings are query/key, labelled ones embeddings/labels, one set embeddings (issue 8)."""
+    x, y = _views(3, b=5)
+    labels = torch.tensor([0, 1, 0, 1, 2])
+    torch.testing.assert_close(LF.nt_xent(query=x, key=y), LF.nt_xent(x, y))
+    torch.testing.assert_close(LF.info_nce(query=x, key=y), LF.info_nce(x, y))
+    torch.testing.assert_close(LF.alignment(query=x, key=y), LF.alignment(x, y))
+    torch.testing.assert_close(LF.uniformity(embeddings=x, t=2.0), LF.uniformity(x))
+    torch.testing.assert_close(LF.tolerance(embeddings=x, labels=labels), LF.tolerance(x, labels))
+    torch.testing.assert_close(LF.supcon_loss(embeddings=x, labels=labels), LF.supcon_loss(x, labels))
+
+
+def test_tolerance_without_pairs_is_zero_with_zero_gradient():
+    x = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    out = LF.tolerance(x, torch.tensor([0, 1, 2]))
+    out.backward()
+    assert out.item() == 0.0 and not x.grad.any()
 
 
 def test_alignment_of_identical_pairs_has_finite_gradient():
@@ -91,6 +116,68 @@ def test_bad_input_and_no_positive_warning():
     assert out.item() == 0.0
     with pytest.raises(ValueError, match="at least 2"):
         LF.uniformity(x[:1])
+
+
+def test_batch_of_one_pair_warns_that_there_is_no_negative():
+    """nt_xent (and info_nce without extra negatives) warn like supcon_loss: the loss is 0, not a signal."""
+    x, y = _views(b=1)
+    for fn in (LF.nt_xent, LF.info_nce):
+        with pytest.warns(UserWarning, match="one pair has no negatives"):
+            out = fn(x, y)
+        assert abs(out.item()) < 1e-12  # log-sum-exp over the positive alone minus the positive logit
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LF.info_nce(x, y, negatives=torch.randn(2, 5, dtype=F64))  # extra negatives: a real loss, no warning
+        LF.nt_xent(*_views(b=2))
+        import losslab
+
+        with losslab.validation(False):
+            LF.nt_xent(x, y)
+
+
+def test_labels_of_any_integer_dtype():
+    x, _ = _views(b=6)
+    y = torch.tensor([0, 1, 0, 1, 2, 2])
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(LF.supcon_loss(x, y.to(dtype)), LF.supcon_loss(x, y), rtol=0, atol=0)
+        torch.testing.assert_close(LF.tolerance(x, y.to(dtype)), LF.tolerance(x, y), rtol=0, atol=0)
+
+
+def test_supcon_compiles_to_one_graph():
+    """Regression: the self-similarity path passed the same tensor twice to an autograd.Function
+    (dynamo refuses it) and torch.unique has a value-dependent size: both broke fullgraph compile."""
+    g = torch.Generator().manual_seed(3)
+    e = torch.randn(9, 4, generator=g, dtype=F64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 3, 5])
+    fn = torch.compile(lambda a, b: LF.supcon_loss(a, b, temperature=0.3), backend="aot_eager", fullgraph=True)
+    a1, a2 = e.clone().requires_grad_(True), e.clone().requires_grad_(True)
+    import losslab
+
+    with losslab.validation(False):
+        torch.testing.assert_close(fn(a1, y), LF.supcon_loss(a2, y, temperature=0.3))
+    (g1,) = torch.autograd.grad(fn(a1, y), a1)
+    (g2,) = torch.autograd.grad(LF.supcon_loss(a2, y, temperature=0.3), a2)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_modules_check_hyperparameters_at_construction():
+    import losslab.nn as N
+
+    with pytest.raises(ValueError, match="temperature"):
+        N.NTXentLoss(temperature=0.0)
+    with pytest.raises(TypeError, match="symmetric"):
+        N.InfoNCELoss(symmetric="yes")
+    with pytest.raises(TypeError, match="gather"):
+        N.SupConLoss(gather=1)
+    with pytest.raises(ValueError, match="reduction"):
+        N.InfoNCELoss(reduction="avg")
+    with pytest.raises(TypeError, match="negatives"):
+        N.InfoNCELoss(negatives=torch.randn(2, 3))  # per batch: a forward argument
+    q, k, neg = torch.randn(4, 3), torch.randn(4, 3), torch.randn(2, 3)
+    torch.testing.assert_close(N.InfoNCELoss(temperature=0.2)(q, k, negatives=neg),
+                               LF.info_nce(q, k, temperature=0.2, negatives=neg), rtol=0, atol=0)
 
 
 def _plain_losses(z1, z2, e, y, tau):

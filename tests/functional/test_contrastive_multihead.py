@@ -7,15 +7,12 @@ and adds the four terms.
 """
 from __future__ import annotations
 
-import datetime
 import io
 import math
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from _spawn import spawn
 
 import losslab
 from losslab.functional.contrastive_multihead import _example_temperature, multi_head_contrastive_loss
@@ -76,11 +73,27 @@ def test_value_and_gradient_equal_loop(seed, heads, kind):
     torch.testing.assert_close(o2, r2, rtol=1e-10, atol=1e-12)
 
 
+def _phi_from_weights(crit, x):
+    """The default phi (Linear-ReLU-Linear) written out from the module's weights: W2 relu(W1 x + b1) + b2."""
+    w1, b1, w2, b2 = crit.phi[0].weight, crit.phi[0].bias, crit.phi[2].weight, crit.phi[2].bias
+    return torch.relu(x @ w1.T + b1) @ w2.T + b2
+
+
+def _tau_from_formula(crit, tau_min, tau_max):
+    """The temperature of the module's docstring, computed here: iota / (1 + e^r) + eta, r = <phi(u), phi(v)>."""
+    def tau(u, v):
+        r = (_phi_from_weights(crit, u) * _phi_from_weights(crit, v)).sum(-1)
+        return (tau_max - tau_min) / (1 + torch.exp(r)) + tau_min
+
+    return tau
+
+
 def test_module_equals_loop_with_its_network():
+    """Reference independent of the module's code: temperatures from the formula and the raw weights."""
     torch.manual_seed(3)
     crit = AdaptiveMultiHeadContrastiveLoss(4, hidden_dim=6, beta=0.05, tau_min=0.05, tau_max=1.5).double()
     z1, z2 = _views(5)
-    ref = _loop(z1, z2, crit.temperature, 0.05)
+    ref = _loop(z1, z2, _tau_from_formula(crit, 0.05, 1.5), 0.05)
     torch.testing.assert_close(crit(z1, z2), ref.mean(), rtol=1e-12, atol=1e-12)
 
 
@@ -183,13 +196,13 @@ def test_float64_stays_float64_and_large_inputs_stay_finite():
 
 def test_bad_inputs_raise_value_error_naming_the_argument():
     z1, z2 = _views(0)
-    with pytest.raises(ValueError, match="z1 and z2"):
+    with pytest.raises(ValueError, match="query and key"):
         multi_head_contrastive_loss(z1, z2[:-1], temperature=0.5)
-    with pytest.raises(ValueError, match="z1 and z2"):
+    with pytest.raises(ValueError, match="query and key"):
         multi_head_contrastive_loss(z1, z2[:, :2], temperature=0.5)
-    with pytest.raises(ValueError, match="z1"):
+    with pytest.raises(ValueError, match="query"):
         multi_head_contrastive_loss(z1[:, 0], z2[:, 0], temperature=0.5)  # (B, D): the head dimension is required
-    with pytest.raises(ValueError, match="z1 and z2 need at least 2"):
+    with pytest.raises(ValueError, match="query and key need at least 2"):
         multi_head_contrastive_loss(z1[:1], z2[:1], temperature=0.5)
     for bad in (0.0, -0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature"):
@@ -204,8 +217,10 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
         multi_head_contrastive_loss(z1, z2, temperature=0.5, beta=-1e-3)
     with pytest.raises(ValueError, match="reduction"):
         multi_head_contrastive_loss(z1, z2, temperature=0.5, reduction="batchmean")
-    with pytest.raises(TypeError, match="z2"):
+    with pytest.raises(TypeError, match="key"):
         multi_head_contrastive_loss(z1, z2.long(), temperature=0.5)
+    with pytest.raises(TypeError, match="gather"):
+        multi_head_contrastive_loss(z1, z2, temperature=0.5, gather="yes")
     with losslab.validation(False):  # value checks off: the callable's output is not inspected
         multi_head_contrastive_loss(z1, z2, temperature=lambda a, b: -_example_temperature(a, b))
 
@@ -216,9 +231,11 @@ def test_module_bad_arguments():
                      (dict(dim=4, reduction="avg"), "reduction"), (dict(dim=4, phi=lambda x: x), "phi")):
         with pytest.raises(ValueError, match=name):
             AdaptiveMultiHeadContrastiveLoss(**kw)
+    with pytest.raises(TypeError, match="gather"):
+        AdaptiveMultiHeadContrastiveLoss(4, gather=1)
     crit = AdaptiveMultiHeadContrastiveLoss(4)
     z1, z2 = _views(0, d=5, dtype=torch.float32)
-    with pytest.raises(ValueError, match="z1"):
+    with pytest.raises(ValueError, match="query"):
         crit(z1, z2)
 
 
@@ -230,7 +247,7 @@ def test_module_equals_function_and_temperature_rule():
     ref = multi_head_contrastive_loss(z1, z2, temperature=crit.temperature, beta=0.2, reduction="none")
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     u, v = torch.nn.functional.normalize(z1, dim=-1), torch.nn.functional.normalize(z2, dim=-1)
-    r = (crit.phi(u) * crit.phi(v)).sum(-1)
+    r = (_phi_from_weights(crit, u) * _phi_from_weights(crit, v)).sum(-1)
     tau = crit.temperature(u, v)
     torch.testing.assert_close(tau, 1.45 / (1 + torch.exp(r)) + 0.05, rtol=1e-12, atol=1e-12)  # iota/(1+e^r)+eta
     assert tau.shape == (5, 3) and bool(((tau >= 0.05) & (tau <= 1.5)).all())
@@ -271,7 +288,6 @@ def test_temperature_network_learns_and_state_dict_round_trip_is_exact():
 # ----------------------------------------------------------------------------- two ranks
 SIZES = [3, 2]  # uneven shards
 W = len(SIZES)
-TIMEOUT = 60
 
 
 def _global():
@@ -285,51 +301,36 @@ def _shard(x, rank):
     return x[lo : lo + SIZES[rank]]
 
 
-def _worker(rank, port, out):
-    import torch.distributed as dist
+def _worker(rank, world_size, out):
+    from losslab.distributed import global_value
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=W,
-                            timeout=datetime.timedelta(seconds=30))
-    try:
-        z1, z2 = _global()
-        a, b = _shard(z1, rank).clone().requires_grad_(True), _shard(z2, rank).clone().requires_grad_(True)
-        loss = multi_head_contrastive_loss(a, b, temperature=_example_temperature, beta=0.3, gather=True)
-        loss.backward()
-        none = multi_head_contrastive_loss(a.detach(), b.detach(), temperature=_example_temperature, beta=0.3,
-                                           gather=True, reduction="none")
-        out[rank] = (loss.item(), a.grad.clone(), b.grad.clone(), none.clone())
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    z1, z2 = _global()
+    a, b = _shard(z1, rank).clone().requires_grad_(True), _shard(z2, rank).clone().requires_grad_(True)
+    loss = multi_head_contrastive_loss(a, b, temperature=_example_temperature, beta=0.3, gather=True)
+    loss.backward()
+    kw = dict(temperature=_example_temperature, beta=0.3, gather=True)
+    none = multi_head_contrastive_loss(a.detach(), b.detach(), reduction="none", **kw)
+    total = multi_head_contrastive_loss(a.detach(), b.detach(), reduction="sum", **kw)
+    out[rank] = (loss.item(), a.grad.clone(), b.grad.clone(), none.clone(), total.item(), global_value(loss).item())
 
 
 def test_two_ranks_equal_single_process():
-    with mp.Manager() as manager:
-        out = manager.dict()
-        ctx = mp.start_processes(_worker, args=(_free_port(), out), nprocs=W, join=False, start_method="spawn")
-        deadline = time.monotonic() + TIMEOUT
-        while not ctx.join(timeout=0.5):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail(f"distributed workers did not finish within {TIMEOUT} s")
-        ranks = [out[r] for r in range(W)]
+    out = spawn(_worker)
+    ranks = [out[r] for r in range(W)]
     z1, z2 = _global()
     a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     single = multi_head_contrastive_loss(a, b, temperature=_example_temperature, beta=0.3)
     single.backward()
     none = multi_head_contrastive_loss(z1, z2, temperature=_example_temperature, beta=0.3, reduction="none")
     n = sum(SIZES)
-    # mean of the per-rank values = single-process loss; local gradients = W x the single-process shard gradients
+    # mean of the per-rank values = single-process loss (= global_value on every rank);
+    # local gradients = W x the single-process shard gradients
     assert sum(r[0] for r in ranks) / W == pytest.approx(single.item(), rel=1e-12)
     for r in range(W):
+        assert ranks[r][5] == pytest.approx(single.item(), rel=1e-12)
         torch.testing.assert_close(ranks[r][1] / W, _shard(a.grad, r), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(ranks[r][2] / W, _shard(b.grad, r), rtol=1e-10, atol=1e-12)
-        # "none": this rank's view-1 anchors, then its view-2 anchors
-        torch.testing.assert_close(ranks[r][3], torch.cat([_shard(none[:n], r), _shard(none[n:], r)]),
+        # "none": W x (this rank's query anchors, then its key anchors); "sum" == "none".sum() on the rank
+        torch.testing.assert_close(ranks[r][3] / W, torch.cat([_shard(none[:n], r), _shard(none[n:], r)]),
                                    rtol=1e-12, atol=1e-12)
+        assert ranks[r][4] == pytest.approx(float(ranks[r][3].sum()), rel=1e-12)

@@ -145,6 +145,24 @@ def test_bad_inputs():
         robust_contrastive_loss(z1, z2, rho=-1.0)
     with pytest.raises(ValueError, match="reduction"):
         robust_contrastive_loss(z1, z2, reduction="avg")
+    with pytest.raises(TypeError, match="return_state"):
+        robust_contrastive_loss(z1, z2, return_state=1)
+    with pytest.raises(ValueError, match="query and key"):
+        robust_contrastive_loss(z1, z2[:, :3])
+
+
+def test_return_state_is_a_named_tuple_typed_by_overloads():
+    import typing
+
+    z1, z2 = _views(0)
+    plain = robust_contrastive_loss(query=z1, key=z2, temperature=0.3)
+    out = robust_contrastive_loss(z1, z2, temperature=0.3, return_state=True)
+    assert isinstance(plain, torch.Tensor) and out._fields[0] == "loss"
+    torch.testing.assert_close(out.loss, plain, rtol=0, atol=0)
+    overloads = typing.get_overloads(robust_contrastive_loss)
+    # (string annotations: the module uses `from __future__ import annotations`)
+    by_flag = {o.__annotations__["return_state"]: o.__annotations__["return"] for o in overloads}
+    assert by_flag == {"Literal[False]": "torch.Tensor", "Literal[True]": "RobustContrastiveOutput"}
 
 
 # ----------------------------------------------------------------------------- soft labels (UniME-V2)

@@ -1,16 +1,14 @@
 """SogCLRLoss / ISogCLRLoss: update rules, exact state_dict round trips, index checks, 2-rank state identity."""
 from __future__ import annotations
 
-import datetime
 import io
 import math
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from _spawn import spawn
 
+import losslab
 from losslab.functional import robust_contrastive_loss
 from losslab.nn import ISogCLRLoss, SogCLRLoss
 
@@ -121,6 +119,32 @@ def test_index_and_hyperparameter_checks():
         ISogCLRLoss(N, tau_min=0.5, tau_max=0.1)
     with pytest.raises(ValueError, match="reduction"):
         SogCLRLoss(N, reduction="avg")
+    with pytest.raises(ValueError, match="reduction"):
+        ISogCLRLoss(N, reduction="avg")
+    with pytest.raises(TypeError, match="gather"):
+        SogCLRLoss(N, gather="yes")
+    with pytest.raises(ValueError, match="rho"):
+        ISogCLRLoss(N, rho=-0.1)
+    with pytest.raises(ValueError, match="gamma"):
+        ISogCLRLoss(N, gamma=0.0)
+
+
+@pytest.mark.parametrize("kind", ["sog", "isog"])
+def test_duplicate_indices_in_a_batch_raise(kind):
+    """The documented precondition (unique dataset indices per batch) is checked: a duplicate
+    would make the state write depend on the scatter order."""
+    crit = _make(kind)
+    z1, z2, _ = _batch(0)
+    with pytest.raises(ValueError, match="duplicate"):
+        crit(z1, z2, torch.tensor([0, 1, 2, 3, 4, 2]))
+    assert torch.isneginf(crit.log_u).all()  # nothing written
+    crit.eval()(z1, z2, torch.tensor([0, 1, 2, 3, 4, 2]))  # eval mode writes no state: allowed
+    with losslab.validation(False):
+        crit.train()(z1, z2, torch.tensor([0, 1, 2, 3, 4, 2]))  # the check reads values: off with validation
+
+
+def test_isogclr_is_reachable_from_the_registry():
+    assert losslab.info("robust_contrastive_loss").modules == [SogCLRLoss, ISogCLRLoss]
 
 
 def test_state_follows_to_and_float64_inputs():
@@ -134,7 +158,6 @@ def test_state_follows_to_and_float64_inputs():
 # ----------------------------------------------------------------------------- two ranks
 SIZES = [4, 2]
 W = len(SIZES)
-TIMEOUT = 60
 
 
 def _global(step):
@@ -149,62 +172,107 @@ def _shard(x, rank):
     return x[lo : lo + SIZES[rank]]
 
 
-def _worker(rank, port, out):
+def _state(crit):
+    return {k: v.clone() for k, v in crit.state_dict().items()}
+
+
+def _worker(rank, world_size, out):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=W,
-                            timeout=datetime.timedelta(seconds=30))
-    try:
-        for kind in ("sog", "isog"):
+    from losslab.distributed import global_value
+
+    for kind in ("sog", "isog"):
+        for gather in (True, False):
             crit = _make(kind).double()
-            crit.gather = True
-            losses, grads = [], []
+            crit.gather = gather
+            losses, grads, shares = [], [], []
             for step in range(3):
+                if step == 2 and not gather:
+                    # Resume from rank 0's checkpoint on every rank: it must hold every rank's rows.
+                    saved = [_state(crit) if rank == 0 else None]
+                    dist.broadcast_object_list(saved, src=0)
+                    resumed = _make(kind).double()
+                    resumed.load_state_dict(saved[0])
                 z1, z2, idx = _global(step)
                 a = _shard(z1, rank).clone().requires_grad_(True)
                 loss = crit(a, _shard(z2, rank), _shard(idx, rank))
                 loss.backward()
                 losses.append(loss.item())
                 grads.append(a.grad.clone())
-            out[(kind, rank)] = (losses, grads, {k: v.clone() for k, v in crit.state_dict().items()})
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+                shares.append(global_value(loss).item())
+                if step == 2 and not gather:
+                    b = _shard(z1, rank).clone().requires_grad_(True)
+                    again = resumed(b, _shard(z2, rank), _shard(idx, rank))
+                    again.backward()
+                    out[(kind, "resumed", rank)] = (again.item(), b.grad.clone(), _state(resumed))
+            out[(kind, gather, rank)] = (losses, grads, _state(crit), shares)
+    # Duplicate indices across the ranks' batches: every rank raises (no rank left waiting).
+    crit = _make("sog")
+    z1, z2, _ = _global(0)
+    idx = torch.tensor([0, 1, 2, 3, 3, 4])
+    try:
+        crit(_shard(z1, rank).float(), _shard(z2, rank).float(), _shard(idx, rank))
+        out[("duplicate", rank)] = "no error"
+    except ValueError as exc:
+        out[("duplicate", rank)] = str(exc)
 
 
 @pytest.fixture(scope="module")
 def two_ranks():
-    with mp.Manager() as manager:
-        out = manager.dict()
-        ctx = mp.start_processes(_worker, args=(_free_port(), out), nprocs=W, join=False, start_method="spawn")
-        deadline = time.monotonic() + TIMEOUT
-        while not ctx.join(timeout=0.5):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail(f"distributed workers did not finish within {TIMEOUT} s")
-        return dict(out)
+    return spawn(_worker)
 
 
 @pytest.mark.parametrize("kind", ["sog", "isog"])
-def test_two_ranks_state_identical_and_equal_to_single_process(two_ranks, kind):
+def test_two_ranks_gather_state_identical_and_equal_to_single_process(two_ranks, kind):
     single = _make(kind).double()
     for step in range(3):
         z1, z2, idx = _global(step)
         a = z1.clone().requires_grad_(True)
         loss = single(a, z2, idx)
         loss.backward()
-        ranks = [two_ranks[(kind, r)] for r in range(W)]
-        # mean of the per-rank values = single-process loss; local gradient = W x single-process shard gradient
+        ranks = [two_ranks[(kind, True, r)] for r in range(W)]
+        # mean of the per-rank values = single-process loss = global_value on every rank;
+        # local gradient = W x single-process shard gradient
         assert sum(r[0][step] for r in ranks) / W == pytest.approx(loss.item(), rel=1e-12)
         for r in range(W):
+            assert ranks[r][3][step] == pytest.approx(loss.item(), rel=1e-12)
             torch.testing.assert_close(ranks[r][1][step] / W, _shard(a.grad, r), rtol=1e-10, atol=1e-12)
-    states = [two_ranks[(kind, r)][2] for r in range(W)]
+    states = [two_ranks[(kind, True, r)][2] for r in range(W)]
     for name, t in single.state_dict().items():
         assert torch.equal(states[0][name], states[1][name]), f"{name} differs between ranks"
         torch.testing.assert_close(states[0][name], t, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["sog", "isog"])
+def test_two_ranks_without_gather_keep_identical_state(two_ranks, kind):
+    """Regression: without gather each rank used to write only its own rows, so the state differed
+    between ranks and a checkpoint saved on rank 0 lost rank 1's samples. Now every rank writes the
+    global batch; each rank's u still comes from its local negatives, i.e. the same updates as a
+    single process that sees the ranks' shards one after the other."""
+    single = _make(kind).double()
+    for step in range(3):
+        z1, z2, idx = _global(step)
+        for r in range(W):
+            local = single(_shard(z1, r), _shard(z2, r), _shard(idx, r))
+            # no gather: each rank's loss is its ordinary local loss
+            assert two_ranks[(kind, False, r)][0][step] == pytest.approx(local.item(), rel=1e-12)
+    states = [two_ranks[(kind, False, r)][2] for r in range(W)]
+    for name, t in single.state_dict().items():
+        assert torch.equal(states[0][name], states[1][name]), f"{name} differs between ranks"
+        torch.testing.assert_close(states[0][name], t, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["sog", "isog"])
+def test_two_ranks_resume_from_rank0_checkpoint_equals_uninterrupted(two_ranks, kind):
+    for r in range(W):
+        losses, grads, state, _ = two_ranks[(kind, False, r)]
+        value, grad, resumed_state = two_ranks[(kind, "resumed", r)]
+        assert value == losses[2]
+        assert torch.equal(grad, grads[2])
+        for name, t in state.items():
+            assert torch.equal(resumed_state[name], t), name
+
+
+def test_two_ranks_duplicate_indices_raise_on_every_rank(two_ranks):
+    for r in range(W):
+        assert "duplicate values across the ranks' batches" in two_ranks[("duplicate", r)]

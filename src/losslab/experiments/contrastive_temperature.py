@@ -89,7 +89,7 @@ class _Encoder(torch.nn.Module):
 
 
 def _objective(name: str):
-    """``loss(z1, z2, labels, temperature)`` for the chosen objective, or ExperimentError."""
+    """``loss(query, key, labels, temperature)`` (two views) for the chosen objective, or ExperimentError."""
     import losslab
 
     if name not in OBJECTIVES:
@@ -97,12 +97,12 @@ def _objective(name: str):
     if name not in losslab.list_losses():
         raise ExperimentError(f"--objective {name}: {name} is not registered in this losslab build")
     fn = losslab.info(name).function
-    if name == "supcon_loss":
-        return lambda z1, z2, y, tau: fn(torch.cat([z1, z2]), torch.cat([y, y]), temperature=tau)
+    if name == "supcon_loss":  # labelled embeddings: both views, each with its image's label
+        return lambda query, key, y, tau: fn(torch.cat([query, key]), torch.cat([y, y]), temperature=tau)
     params = inspect.signature(fn).parameters
     if "temperature" not in params:
         raise ExperimentError(f"--objective {name}: {name} takes no temperature argument")
-    return lambda z1, z2, y, tau: fn(z1, z2, temperature=tau)
+    return lambda query, key, y, tau: fn(query, key, temperature=tau)
 
 
 def _probe_accuracy(f_tr, y_tr, f_te, y_te) -> float:
@@ -140,7 +140,7 @@ def _train_one(data, loss_fn, tau: float, seed: int, args) -> dict:
     model.eval()
     with torch.no_grad():
         z_te = model(x_te)
-        z1, z2 = model(_augment(x_te, args.noise, gen)), model(_augment(x_te, args.noise, gen))
+        query, key = model(_augment(x_te, args.noise, gen)), model(_augment(x_te, args.noise, gen))
         f_tr, f_te = model.body(x_tr).numpy(), model.body(x_te).numpy()
         return {
             "temperature": tau,
@@ -148,7 +148,7 @@ def _train_one(data, loss_fn, tau: float, seed: int, args) -> dict:
             "final_train_loss": last,
             "uniformity": float(uniformity(z_te, t=2.0)),
             "tolerance": float(tolerance(z_te, y_te)),
-            "alignment": float(alignment(z1, z2, alpha=2.0)),
+            "alignment": float(alignment(query, key, alpha=2.0)),
             "probe_accuracy": _probe_accuracy(f_tr, y_tr.numpy(), f_te, y_te.numpy()),
         }
 

@@ -27,14 +27,16 @@ from .._checks import (
     check_positive,
     check_reduction,
     check_same_shape,
+    hyperparameter_checks,
     validation_enabled,
 )
 from .._numerics import compute_dtype, upcast
-from .._reduction import reduce
+from .._reduction import Reduction, reduce
 from ..distributed import gather as _gather
+from ..distributed import reduce_gathered
 from ..registry import Example, Reference, register
 from ._examples import randn
-from .contrastive import _layout, _reduce_gathered
+from .contrastive import _check_gather, _layout
 
 __all__ = ["multi_head_contrastive_loss"]
 
@@ -118,7 +120,26 @@ def _example(b=5, c=2, d=3, **kw) -> Example:
     def mismatch(gen):
         return (randn(gen, b, c, d), randn(gen, b - 1, c, d)), dict(kw)
 
-    return Example(make=make, mismatch=mismatch, logits=(0, 1))
+    return Example(make=make, mismatch=mismatch, mismatch_match="query and key", extreme=(0, 1),
+                   module=_module_example)
+
+
+def _module_example(gen):
+    """The Module with its temperature network (parameters: the suite round-trips its state_dict)."""
+    from ..nn.contrastive_multihead import AdaptiveMultiHeadContrastiveLoss
+
+    module = AdaptiveMultiHeadContrastiveLoss(3, hidden_dim=4, beta=0.1, tau_min=0.1, tau_max=1.0).double()
+    with torch.no_grad():  # weights from the generator (not the global RNG): the factory is reproducible
+        for p in module.parameters():
+            p.copy_(randn(gen, *p.shape, scale=0.5))
+    return module, (randn(gen, 5, 2, 3), randn(gen, 5, 2, 3)), {}
+
+
+def _check_hyperparameters(*, temperature, beta: float, **kw) -> None:
+    if not callable(temperature):
+        check_positive(temperature, "temperature")
+    check_nonnegative(beta, "beta")
+    _check_gather(**kw)
 
 
 def _example_temperature(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,20 +149,22 @@ def _example_temperature(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @register("multi_head_contrastive_loss", family="contrastive", reference=AMCL_PAPER, seed=AMCL_SEED,
           example=_example(temperature=_example_temperature, beta=0.1), input_kind="embeddings",
-          batch_level=True, module_owns_parameters=True)
+          module_owns_parameters=True,
+          tags=("self-supervised", "multi-head", "adaptive temperature", "learned temperature", "amcl", "distributed"))
+@hyperparameter_checks(_check_hyperparameters)
 def multi_head_contrastive_loss(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
     *,
     temperature: Temperature,
     beta: float = 1e-4,
     gather: bool = False,
     group=None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""AMCL: multi-head contrastive loss with per-pair temperatures and the paper's temperature regularizer.
 
-    ``z1[:, c]`` and ``z2[:, c]`` are the outputs of projection head :math:`c` for the two views
+    ``query[:, c]`` and ``key[:, c]`` are the outputs of projection head :math:`c` for the two views
     of a batch of :math:`B` samples, unit-normalized inside (:math:`\mathrm{sim}` is the cosine
     similarity). Both views are anchors (SimCLR's convention): anchor :math:`i` has the other
     view of its sample as positive :math:`z_i^{c+}` and the :math:`2B - 2` views of the other
@@ -183,22 +206,25 @@ def multi_head_contrastive_loss(
     the loss is finite for any embedding scale and any positive temperature.
 
     Args:
-        z1, z2: ``(B, C, D)`` outputs of the ``C`` projection heads for the two views
-            (normalized inside; one head: ``(B, 1, D)``).
+        query, key: ``(B, C, D)`` outputs of the ``C`` projection heads for the two views,
+            row ``i`` of each from the same sample (normalized inside; one head: ``(B, 1, D)``).
         temperature: a number :math:`\tau > 0`, or a callable ``temperature(anchors, partners)``
             taking two ``(2B, C, D)`` tensors of unit features (row ``k``, head ``c`` is one
             pair) and returning the ``(2B, C)`` temperatures (> 0) of those pairs. It is called
             once for the positive pairs and once for the selected negative pairs.
         beta: weight :math:`\beta \ge 0` of the temperature regularizer.
         gather: take negatives from the views of every rank (exact under DDP, uneven batch
-            sizes allowed); ``group``: the process group (implies ``gather``). Each rank returns
-            ``W / N_global`` times the sum of its anchors' losses (``W`` times for ``"sum"``;
-            ``"none"`` stays per local anchor), see :mod:`losslab.distributed`.
+            sizes allowed); ``group``: the process group (implies ``gather``). Each rank then
+            returns its *share*: ``W`` times its local anchors' values (``"none"``, ``"sum"``),
+            the ``"mean"`` dividing their sum by the global number of anchors 2N, so that the
+            mean over the ``W`` ranks is the single-process value. Log
+            :func:`losslab.distributed.global_value` of the loss, not a rank's own value (rule
+            in :mod:`losslab.distributed`).
         reduction: ``"mean"`` over the 2B anchors, ``"sum"`` or ``"none"``.
 
     Shape:
-        z1, z2 ``(B, C, D)`` with ``B >= 2`` (in the gathered batch); output ``(2B,)`` for
-        ``"none"`` (view-1 anchors first, as :func:`nt_xent`), else a scalar.
+        query, key ``(B, C, D)`` with ``B >= 2`` (in the gathered batch); output ``(2B,)`` for
+        ``"none"`` (``query`` anchors first, as :func:`nt_xent`), else a scalar.
 
     Returns:
         The loss, float32 for float16/bfloat16/float32 inputs, float64 for float64 inputs.
@@ -219,19 +245,18 @@ def multi_head_contrastive_loss(
         https://github.com/LeiWangR/cl.
     """
     check_reduction(reduction)
-    check_nonnegative(beta, "beta")
-    if not callable(temperature):
-        check_positive(temperature, "temperature")
-    for x, name in ((z1, "z1"), (z2, "z2")):
+    _check_hyperparameters(temperature=temperature, beta=beta, gather=gather)
+    for x, name in ((query, "query"), (key, "key")):
         check_floating(x, name)
         check_ndim(x, name, 3)
-    check_same_shape(z1, z2, ("z1", "z2"))
-    b, c, d = z1.shape
-    dtype = compute_dtype(z1, z2)
-    a1, a2 = F.normalize(upcast(z1, dtype), dim=-1), F.normalize(upcast(z2, dtype), dim=-1)
-    world, offset, total = _layout(b, group, a1.device) if gather or group is not None else (1, 0, b)
+    check_same_shape(query, key, ("query", "key"))
+    b, c, d = query.shape
+    dtype = compute_dtype(query, key)
+    a1, a2 = F.normalize(upcast(query, dtype), dim=-1), F.normalize(upcast(key, dtype), dim=-1)
+    world, offset, total = _layout(a1, gather, group)
     if total < 2:
-        raise ValueError(f"z1 and z2 need at least 2 samples in the (gathered) batch (one negative per anchor), got {total}")
+        raise ValueError(f"query and key need at least 2 samples in the (gathered) batch (one negative per anchor), "
+                         f"got {total}")
     if world > 1:
         cands = torch.cat([_gather(a1, group=group), _gather(a2, group=group)])
     else:
@@ -251,5 +276,5 @@ def multi_head_contrastive_loss(
         per_head = per_head + beta * (_omega(tau_pos, d) - _omega(tau_neg, d))
     loss = per_head.sum(-1)  # sum over heads, Eq. (2.1)
     if world > 1:
-        return _reduce_gathered(loss, reduction, world, 2 * total)
+        return reduce_gathered(loss, reduction, world=world, count=2 * total)
     return reduce(loss, reduction)

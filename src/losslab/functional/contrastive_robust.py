@@ -8,7 +8,7 @@ index.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +20,16 @@ from .._checks import (
     check_nonnegative,
     check_positive,
     check_reduction,
+    hyperparameter_checks,
     validation_enabled,
 )
 from .._numerics import compute_dtype, upcast
-from .._reduction import reduce
+from .._reduction import Reduction, reduce
+from ..distributed import gather as _gather
+from ..distributed import reduce_gathered
 from ..registry import Example, Reference, register
 from ._examples import randn
+from .contrastive import _check_gather, _layout
 
 __all__ = ["robust_contrastive_loss", "RobustContrastiveOutput", "soft_label_contrastive_loss"]
 
@@ -56,7 +60,7 @@ class RobustContrastiveOutput(NamedTuple):
     Attributes:
         loss: the reduced loss (as without ``return_state``).
         log_u: ``(B, 2)`` updated :math:`\\log u_i` of the local anchors (column 0: anchors from
-            ``z1``, column 1: anchors from ``z2``), detached.
+            ``query``, column 1: anchors from ``key``), detached.
         tau_grad: ``(B,)`` iSogCLR's stochastic gradient of the robust objective with respect to
             each anchor's temperature (mean of the two directions), detached.
     """
@@ -117,33 +121,26 @@ def _direction(anchors, cands_self, cands_other, own, tau, log_u_old, gamma):
     return surrogate, log_u, tau_grad
 
 
-def _robust(z1, z2, temperature, log_u, gamma, gather, group):
-    dtype = compute_dtype(z1, z2)
-    for x, name in ((z1, "z1"), (z2, "z2")):
+def _robust(query, key, temperature, log_u, gamma, gather, group):
+    dtype = compute_dtype(query, key)
+    for x, name in ((query, "query"), (key, "key")):
         check_floating(x, name)
         check_ndim(x, name, 2)
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape (two views of the same batch), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if query.shape != key.shape:
+        raise ValueError(f"query and key must have the same shape (two views of the same batch), "
+                         f"got {tuple(query.shape)} and {tuple(key.shape)}")
     check_in_range(gamma, "gamma", 0.0, 1.0, low_inclusive=False)
-    n = z1.shape[0]
-    a1, a2 = F.normalize(upcast(z1, dtype), dim=-1), F.normalize(upcast(z2, dtype), dim=-1)
+    _check_gather(gather=gather)
+    n = query.shape[0]
+    a1, a2 = F.normalize(upcast(query, dtype), dim=-1), F.normalize(upcast(key, dtype), dim=-1)
     tau = _check_temperature(temperature, n, dtype, a1.device)
     if log_u is not None:
         check_floating(log_u, "log_u")
         if log_u.shape != (n, 2):
             raise ValueError(f"log_u must have shape ({n}, 2) (one estimate per anchor and direction), got {tuple(log_u.shape)}")
         log_u = upcast(log_u.detach(), dtype)
-    world, offset, total = 1, 0, n
-    c1, c2 = a1, a2
-    if gather or group is not None:
-        from ..distributed import gather as _gather
-        from ..distributed import gather_no_grad, rank_and_world
-
-        rank, world = rank_and_world(group)
-        if world > 1:
-            sizes = gather_no_grad(torch.tensor([n], device=a1.device), group=group)
-            offset, total = int(sizes[:rank].sum()), int(sizes.sum())
-            c1, c2 = _gather(a1, group=group), _gather(a2, group=group)
+    world, offset, total = _layout(a1, gather, group)
+    c1, c2 = (_gather(a1, group=group), _gather(a2, group=group)) if world > 1 else (a1, a2)
     if total < 2:
         raise ValueError(f"robust_contrastive_loss needs at least 2 samples in the (gathered) batch, got {total}")
     own = torch.arange(n, device=a1.device) + offset
@@ -159,14 +156,73 @@ def _views(n=6, d=4, **kw) -> Example:
     def mismatch(gen):
         return (randn(gen, n, d), randn(gen, n - 1, d)), dict(kw)
 
-    return Example(make=make, mismatch=mismatch, logits=(0, 1))
+    def with_state(gen):  # per-sample temperatures and a moving-average state (one anchor not seen yet)
+        log_u = randn(gen, n, 2)
+        log_u[1] = float("-inf")
+        tau = torch.rand(n, generator=gen, dtype=torch.float64) * 0.5 + 0.2
+        return (randn(gen, n, d), randn(gen, n, d)), {**kw, "temperature": tau, "log_u": log_u, "gamma": 0.6}
+
+    return Example(make=make, mismatch=mismatch, mismatch_match="query and key", extreme=(0, 1),
+                   variants=(with_state,), module=_module_example)
+
+
+def _module_example(gen):
+    """SogCLR with state: the suite runs a step, round-trips the state_dict and compares the next step."""
+    from ..nn.contrastive_robust import SogCLRLoss
+
+    module = SogCLRLoss(12, temperature=0.5, gamma=0.7).double()
+    index = torch.randperm(12, generator=gen)[:6]
+    return module, (randn(gen, 6, 4), randn(gen, 6, 4)), {"index": index}
+
+
+def _check_hyperparameters(*, gamma: float, rho: float, return_state: bool, **kw) -> None:
+    check_in_range(gamma, "gamma", 0.0, 1.0, low_inclusive=False)
+    check_nonnegative(rho, "rho")
+    if not isinstance(return_state, bool):
+        raise TypeError(f"return_state must be a bool, got {return_state!r}")
+    _check_gather(**kw)
+
+
+@overload
+def robust_contrastive_loss(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = ...,
+    log_u: torch.Tensor | None = ...,
+    gamma: float = ...,
+    rho: float = ...,
+    gather: bool = ...,
+    group=...,
+    return_state: Literal[False] = ...,
+    reduction: Reduction = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def robust_contrastive_loss(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = ...,
+    log_u: torch.Tensor | None = ...,
+    gamma: float = ...,
+    rho: float = ...,
+    gather: bool = ...,
+    group=...,
+    return_state: Literal[True],
+    reduction: Reduction = ...,
+) -> RobustContrastiveOutput: ...
 
 
 @register("robust_contrastive_loss", family="contrastive", reference=ISOGCLR_PAPER, seed=ISOGCLR_SEED,
-          example=_views(temperature=0.5), input_kind="embeddings", batch_level=True, stateful_module=True)
+          example=_views(temperature=0.5), input_kind="embeddings", stateful_module=True,
+          tags=("self-supervised", "sogclr", "isogclr", "global contrastive", "small batch", "individualized temperature",
+                "dro", "distributionally robust", "distributed"))
+@hyperparameter_checks(_check_hyperparameters)
 def robust_contrastive_loss(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
     *,
     temperature: float | torch.Tensor = 0.1,
     log_u: torch.Tensor | None = None,
@@ -175,14 +231,15 @@ def robust_contrastive_loss(
     gather: bool = False,
     group=None,
     return_state: bool = False,
-    reduction: str = "mean",
-):
+    reduction: Reduction = "mean",
+) -> torch.Tensor | RobustContrastiveOutput:
     r"""Global (compositional) contrastive loss with SogCLR's moving-average denominators and per-sample temperatures.
 
-    Two views :math:`z^1, z^2` of a batch, unit-normalized. For the anchor :math:`x_i = z^1_i` (and
-    symmetrically :math:`z^2_i`), its positive is the other view of the same sample and its
-    negatives :math:`S_i^-` are the :math:`2B-2` views of the other samples. With
-    :math:`h_i(z) = \langle x_i, z\rangle - \langle x_i, x_i^+\rangle` and temperature :math:`\tau_i`,
+    Two views :math:`q, k` of a batch (``query``, ``key``), unit-normalized. For the anchor
+    :math:`x_i = q_i` (and symmetrically :math:`k_i`), its positive is the other view of the
+    same sample and its negatives :math:`S_i^-` are the :math:`2B-2` views of the other
+    samples. With :math:`h_i(z) = \langle x_i, z\rangle - \langle x_i, x_i^+\rangle` and
+    temperature :math:`\tau_i`,
 
     .. math::
         g_i = \frac{1}{|S_i^-|}\sum_{z \in S_i^-} e^{h_i(z)/\tau_i}, \qquad
@@ -198,7 +255,7 @@ def robust_contrastive_loss(
     The returned value is the mini-batch :math:`\ell_i` (for logging); its gradient is the
     estimator (the two coincide when ``log_u`` is None, the first visit of every anchor, where
     :math:`u_i = g_i` and the gradient is that of the ordinary contrastive loss with negatives
-    only). Both directions are averaged per sample (``"none"`` gives :math:`(\ell^1_i + \ell^2_i)/2`).
+    only). Both directions are averaged per sample (``"none"`` gives :math:`(\ell^q_i + \ell^k_i)/2`).
     The state is kept in log space (:math:`\log u_i`, updated with ``logaddexp``) so that no
     temperature overflows it; :math:`\log u_i = -\infty` marks an anchor not seen yet, whose
     :math:`u_i` starts at :math:`g_i` (LibAUC's initialization rule).
@@ -214,26 +271,36 @@ def robust_contrastive_loss(
     directions keep separate :math:`u` estimates (LibAUC stores their average).
 
     Args:
-        z1, z2: ``(B, D)`` the two views (normalized inside).
+        query, key: ``(B, D)`` the two views, row ``i`` of each from the same sample
+            (normalized inside).
         temperature: :math:`\tau > 0`, a number or a ``(B,)`` tensor of per-sample temperatures
             (not differentiated).
         log_u: ``(B, 2)`` current :math:`\log u` of the batch's samples (``-inf`` = not seen), or None.
         gamma: moving-average weight :math:`\gamma \in (0, 1]` of the current batch (0.9 in LibAUC).
         rho: DRO radius :math:`\rho \ge 0`, used only in the returned temperature gradient.
-        gather: contrast with the views of every rank (each rank scores its local anchors and
-            returns ``W / N_global`` times their sum, the rule of :mod:`losslab.distributed`);
-            ``group``: the process group (implies ``gather``).
-        return_state: also return the updated ``log_u`` and ``tau_grad`` (a :class:`RobustContrastiveOutput`).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather: contrast with the views of every rank; ``group``: the process group (implies
+            ``gather``). Each rank then returns its *share*: ``W`` times its local anchors'
+            values (``"none"``, ``"sum"``), the ``"mean"`` dividing their sum by the global
+            batch size, so that the mean over the ``W`` ranks is the single-process value.
+            Log :func:`losslab.distributed.global_value` of the loss, not a rank's own value
+            (rule in :mod:`losslab.distributed`). The returned state is always local and
+            unscaled.
+        return_state: also return the updated ``log_u`` and ``tau_grad``: the result is then a
+            :class:`RobustContrastiveOutput` ``(loss, log_u, tau_grad)`` instead of the loss.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per sample).
 
     Shape:
-        z1, z2 ``(B, D)``; output ``(B,)`` for ``"none"``, else a scalar.
+        query, key ``(B, D)``; loss ``(B,)`` for ``"none"``, else a scalar.
+
+    Returns:
+        The loss, or with ``return_state=True`` a :class:`RobustContrastiveOutput` whose
+        first field is the loss.
 
     Example:
         >>> import torch
         >>> from losslab.functional import robust_contrastive_loss
-        >>> z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-        >>> out = robust_contrastive_loss(z1, z1, temperature=0.5, return_state=True)
+        >>> q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+        >>> out = robust_contrastive_loss(q, q, temperature=0.5, return_state=True)
         >>> out.loss   # anchor 1: 0.5 * log mean(exp(-1 / 0.5)) = -1; anchors 0, 2: 0.5 * log((e^-2 + e^-4) / 2)
         tensor(-1.1887)
         >>> out.log_u.shape
@@ -247,14 +314,9 @@ def robust_contrastive_loss(
         https://arxiv.org/abs/2202.12387.
     """
     check_reduction(reduction)
-    check_nonnegative(rho, "rho")
-    loss, new_log_u, tau_grad, world, total = _robust(z1, z2, temperature, log_u, gamma, gather, group)
-    if world > 1:
-        out = loss if reduction == "none" else loss.sum() * world
-        if reduction == "mean":
-            out = out / total
-    else:
-        out = reduce(loss, reduction)
+    _check_hyperparameters(gamma=gamma, rho=rho, return_state=return_state, gather=gather)
+    loss, new_log_u, tau_grad, world, total = _robust(query, key, temperature, log_u, gamma, gather, group)
+    out = reduce_gathered(loss, reduction, world=world, count=total) if world > 1 else reduce(loss, reduction)
     if return_state:
         return RobustContrastiveOutput(out, new_log_u, tau_grad + rho)
     return out
@@ -270,11 +332,23 @@ def _soft_label_example(b=4, k=3, d=5, **kw) -> Example:
         scores = torch.rand(b, k + 1, generator=gen, dtype=torch.float64)
         return (randn(gen, b, d), randn(gen, b, k, d), scores), dict(kw)
 
-    return Example(make=make, mismatch=mismatch, logits=(0, 1), grad=(0, 1))
+    return Example(make=make, mismatch=mismatch, mismatch_match="judge_scores", extreme=(0, 1), grad=(0, 1))
+
+
+def _check_soft_label(*, temperature: float, judge_temperature: float | None, symmetric: bool, normalize: bool,
+                      **_) -> None:
+    check_positive(temperature, "temperature")
+    if judge_temperature is not None:
+        check_positive(judge_temperature, "judge_temperature")
+    for value, name in ((symmetric, "symmetric"), (normalize, "normalize")):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 @register("soft_label_contrastive_loss", family="contrastive", reference=UNIME_PAPER, seed=UNIME_SEED,
-          example=_soft_label_example(temperature=0.5), input_kind="embeddings")
+          example=_soft_label_example(temperature=0.5), input_kind="embeddings",
+          tags=("soft labels", "multimodal", "retrieval", "hard negatives", "llm judge", "embedding"))
+@hyperparameter_checks(_check_soft_label)
 def soft_label_contrastive_loss(
     query: torch.Tensor,
     candidates: torch.Tensor,
@@ -284,7 +358,7 @@ def soft_label_contrastive_loss(
     judge_temperature: float | None = None,
     symmetric: bool = True,
     normalize: bool = True,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Soft-label contrastive loss: align each query's similarity distribution over its candidates with judge scores.
 
@@ -329,9 +403,9 @@ def soft_label_contrastive_loss(
         2025, https://arxiv.org/abs/2510.13515.
     """
     check_reduction(reduction)
-    check_positive(temperature, "temperature")
+    _check_soft_label(temperature=temperature, judge_temperature=judge_temperature, symmetric=symmetric,
+                      normalize=normalize)
     tj = temperature if judge_temperature is None else judge_temperature
-    check_positive(tj, "judge_temperature")
     dtype = compute_dtype(query, candidates, judge_scores)
     check_floating(query, "query")
     check_floating(candidates, "candidates")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_nonnegative, check_positive, check_reduction
+from .._checks import check_hyperparameters, check_positive
 from ..functional.contrastive_multihead import _bounded_temperature, multi_head_contrastive_loss
 from ..registry import register_module
 
@@ -25,7 +25,7 @@ class AdaptiveMultiHeadContrastiveLoss(torch.nn.Module):
         \quad \eta = \tau_{min},\ \iota = \tau_{max} - \tau_{min},
 
     so every temperature lies in :math:`[\tau_{min}, \tau_{max}]` (a higher pair score gives a
-    lower temperature) and the loss stays bounded below. ``forward(z1, z2)`` is one call to
+    lower temperature) and the loss stays bounded below. ``forward(query, key)`` is one call to
     the function with ``temperature=self.temperature``. The form of :math:`r` (inner product
     of the two :math:`\phi` outputs), :math:`\phi` = Linear–ReLU–Linear :math:`D \to h \to D`
     and the bounds :math:`[10^{-5}, 2]` follow the authors' code; the paper's text defining
@@ -43,20 +43,21 @@ class AdaptiveMultiHeadContrastiveLoss(torch.nn.Module):
         phi: a module mapping ``(..., D)`` features to ``(..., D')`` (replaces the default MLP).
         tau_min, tau_max: temperature bounds, :math:`0 < \tau_{min} < \tau_{max}`.
         beta: regularizer weight :math:`\beta \ge 0` (:math:`10^{-4}`).
-        gather, group: negatives from every rank (see the function).
+        gather, group: negatives from every rank (see the function; the loss is then this
+            rank's share: log :func:`losslab.distributed.global_value` of it).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Shape:
-        z1, z2 ``(B, C, D)``; output ``(2B,)`` for ``"none"``, else a scalar.
+        query, key ``(B, C, D)``; output ``(2B,)`` for ``"none"``, else a scalar.
 
     Example:
         >>> import torch
         >>> from losslab.nn import AdaptiveMultiHeadContrastiveLoss
         >>> crit = AdaptiveMultiHeadContrastiveLoss(16)
-        >>> z1, z2 = torch.randn(8, 3, 16), torch.randn(8, 3, 16)   # 8 samples, 3 heads
-        >>> crit(z1, z2).shape
+        >>> query, key = torch.randn(8, 3, 16), torch.randn(8, 3, 16)   # 8 samples, 3 heads
+        >>> crit(query, key).shape
         torch.Size([])
-        >>> tau = crit.temperature(z1, z2)
+        >>> tau = crit.temperature(query, key)
         >>> bool(((tau >= 1e-5) & (tau <= 2.0)).all())
         True
     """
@@ -74,8 +75,9 @@ class AdaptiveMultiHeadContrastiveLoss(torch.nn.Module):
         check_positive(tau_max, "tau_max")
         if not tau_min < tau_max:
             raise ValueError(f"tau_min must be < tau_max, got tau_min={tau_min} and tau_max={tau_max}")
-        check_nonnegative(beta, "beta")
-        check_reduction(reduction)
+        # The function's own checks (vocabulary + beta, gather), at construction.
+        check_hyperparameters(multi_head_contrastive_loss,
+                              dict(temperature=self.temperature, beta=beta, gather=gather, reduction=reduction))
         if phi is not None and not isinstance(phi, torch.nn.Module):
             raise ValueError(f"phi must be a torch.nn.Module, got {type(phi).__name__}")
         self.dim, self.tau_min, self.tau_max, self.beta = dim, float(tau_min), float(tau_max), float(beta)
@@ -91,11 +93,11 @@ class AdaptiveMultiHeadContrastiveLoss(torch.nn.Module):
         r = (self.phi(u.to(dtype)) * self.phi(v.to(dtype))).sum(-1)
         return _bounded_temperature(r, self.tau_min, self.tau_max).to(u.dtype)
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        if z1.dim() == 3 and z1.shape[-1] != self.dim:
-            raise ValueError(f"z1 must have feature size {self.dim} (the module's dim) in its last dimension, "
-                             f"got shape {tuple(z1.shape)}")
-        return multi_head_contrastive_loss(z1, z2, temperature=self.temperature, beta=self.beta,
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        if query.dim() == 3 and query.shape[-1] != self.dim:
+            raise ValueError(f"query must have feature size {self.dim} (the module's dim) in its last dimension, "
+                             f"got shape {tuple(query.shape)}")
+        return multi_head_contrastive_loss(query, key, temperature=self.temperature, beta=self.beta,
                                            gather=self.gather, group=self.group, reduction=self.reduction)
 
     def extra_repr(self) -> str:
