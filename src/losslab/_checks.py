@@ -293,7 +293,6 @@ COMMON_HYPERPARAMETER_CHECKS = {
     "reduction": lambda v, n: check_reduction(v),
     "temperature": _check_number_if_number(check_positive),
     "label_smoothing": lambda v, n: check_in_range(v, n, 0.0, 1.0),
-    "epsilon": _check_number_if_number(check_positive),
     "bandwidth": _none_or(_check_number_if_number(check_positive)),
     "tol": _check_number_if_number(check_positive),
     "max_iter": _check_int_at_least(1),

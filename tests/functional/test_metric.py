@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import losslab
 from losslab.functional import (
+    all_triplets,
     contrastive_pair_loss,
     multi_similarity_loss,
     multi_similarity_mine,
@@ -158,47 +159,71 @@ def test_triplet_given_triplets_equal_pml_with_miner_output():
 
 
 def _brute_triplets(e, y, margin, distance="euclidean", normalize=True):
-    """O(N^3) loop: per-anchor hinge sums, nonzero counts and triplet counts."""
+    """O(N^3) loop over (anchor, positive, negative) in lexicographic order: the per-triplet hinges."""
     x = torch.nn.functional.normalize(e, dim=-1) if normalize else e
     d = pairwise_distance(x, x, distance)
     n = len(y)
-    loss, nz, tot = [0.0] * n, [0] * n, [0] * n
+    out = []
     for a, p, q in itertools.product(range(n), repeat=3):
         if p != a and y[p] == y[a] and y[q] != y[a]:
-            h = max(float(d[a, p] - d[a, q]) + margin, 0.0)
-            loss[a] += h
-            nz[a] += h > 0
-            tot[a] += 1
-    return torch.tensor(loss, dtype=torch.float64), nz, tot
+            out.append(max(float(d[a, p] - d[a, q]) + margin, 0.0))
+    return torch.tensor(out, dtype=torch.float64)
 
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(2, 9), classes=st.integers(1, 4), margin=st.floats(0.0, 1.5), seed=st.integers(0, 10_000),
-       distance=st.sampled_from(["euclidean", "squared_euclidean", "cosine", "dot"]))
+       distance=st.sampled_from(["euclidean", "sqeuclidean", "cosine", "dot"]))
 def test_triplet_prefix_sum_equals_brute_force_loop(n, classes, margin, seed, distance):
     g = torch.Generator().manual_seed(seed)
     e = torch.randn(n, 3, generator=g, dtype=torch.float64)
     y = torch.randint(0, classes, (n,), generator=g)
-    loss, nz, tot = _brute_triplets(e, y, margin, distance, normalize=False)
+    hinge = _brute_triplets(e, y, margin, distance, normalize=False)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        none = triplet_margin_loss(e, y, margin=margin, distance=distance, normalize=False, reduction="none")
-        mean_nz = triplet_margin_loss(e, y, margin=margin, distance=distance, normalize=False)
-        mean_all = triplet_margin_loss(e, y, margin=margin, distance=distance, normalize=False, average="all")
-    torch.testing.assert_close(none, loss, rtol=1e-9, atol=1e-9)
-    total = float(loss.sum())
-    assert float(mean_nz) == pytest.approx(total / sum(nz) if sum(nz) else 0.0, rel=1e-9, abs=1e-12)
-    assert float(mean_all) == pytest.approx(total / sum(tot) if sum(tot) else 0.0, rel=1e-9, abs=1e-12)
+        kw = dict(margin=margin, distance=distance, normalize=False)
+        none = triplet_margin_loss(e, y, reduction="none", **kw)
+        total = triplet_margin_loss(e, y, reduction="sum", **kw)
+        mean_nz = triplet_margin_loss(e, y, **kw)
+        mean_all = triplet_margin_loss(e, y, average="all", **kw)
+    torch.testing.assert_close(none, hinge, rtol=1e-9, atol=1e-9)
+    nz = int((hinge > 0).sum())
+    assert float(total) == pytest.approx(float(hinge.sum()), rel=1e-9, abs=1e-12)
+    assert float(mean_nz) == pytest.approx(float(hinge.sum()) / nz if nz else 0.0, rel=1e-9, abs=1e-12)
+    assert float(mean_all) == pytest.approx(float(hinge.mean()) if hinge.numel() else 0.0, rel=1e-9, abs=1e-12)
+
+
+def test_all_triplets_matches_loop_order():
+    y = torch.tensor([2, 0, 2, 1, 0, 2, 7])
+    ref = [(a, p, q) for a, p, q in itertools.product(range(7), repeat=3) if p != a and y[p] == y[a] and y[q] != y[a]]
+    a, p, q = all_triplets(y)
+    assert list(zip(a.tolist(), p.tolist(), q.tolist())) == ref
+    assert all(t.dtype == torch.int64 for t in (a, p, q))
+    empty = all_triplets(torch.arange(4))  # no positive pair
+    assert all(t.numel() == 0 for t in empty)
+
+
+def test_triplet_none_is_per_triplet_and_mean_is_the_documented_rule():
+    # Regression (issue 8): "none" used to return per-anchor sums, from which the nonzero
+    # average cannot be recomputed. Now "none" is per triplet and
+    # mean == none.sum() / (none > 0).sum() (AvgNonZeroReducer) or none.mean() (average="all").
+    e, y = _batch(3, n=14)
+    none = triplet_margin_loss(e, y, margin=0.2, reduction="none")
+    torch.testing.assert_close(none, _brute_triplets(e, y, 0.2), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(triplet_margin_loss(e, y, margin=0.2), none.sum() / (none > 0).sum())
+    torch.testing.assert_close(triplet_margin_loss(e, y, margin=0.2, average="all"), none.mean())
+    trip = all_triplets(y)
+    mined = tuple(t[::3] for t in trip)
+    torch.testing.assert_close(triplet_margin_loss(e, y, margin=0.2, triplets=mined, reduction="none"), none[::3])
 
 
 def test_triplet_callable_distance_and_memory_is_quadratic():
     e, y = _batch(2, n=12)
     manhattan = lambda a, b: torch.cdist(a, b, p=1)  # noqa: E731
-    loss, nz, _ = _brute_triplets(e, y, 0.3, manhattan)
+    hinge = _brute_triplets(e, y, 0.3, manhattan)
     out = triplet_margin_loss(e, y, margin=0.3, distance=manhattan)
-    assert float(out) == pytest.approx(float(loss.sum()) / sum(nz), rel=1e-10)
+    assert float(out) == pytest.approx(float(hinge.sum()) / int((hinge > 0).sum()), rel=1e-10)
     # A batch whose N^3 triplet tensor would need ~8 GB in float64 runs (N = 1000, O(N^2) work memory).
     big = torch.randn(1000, 16)
     triplet_margin_loss(big, torch.randint(0, 50, (1000,)))
@@ -230,6 +255,36 @@ def test_contrastive_pair_cosine_margins_map_to_pml_similarity_margins():
     torch.testing.assert_close(out, theirs(e, y), rtol=1e-10, atol=1e-12)
 
 
+def _pair_loop(e, y, pos_margin, neg_margin):
+    """(N, N) pair losses written out pair by pair (euclidean distance of normalized embeddings)."""
+    x = torch.nn.functional.normalize(e, dim=-1)
+    n = len(y)
+    out = torch.zeros(n, n, dtype=torch.float64)
+    for i, j in itertools.product(range(n), repeat=2):
+        dij = float((x[i] - x[j]).norm())
+        if i != j and y[i] == y[j]:
+            out[i, j] = max(dij - pos_margin, 0.0)
+        elif y[i] != y[j]:
+            out[i, j] = max(neg_margin - dij, 0.0)
+    return out
+
+
+def test_contrastive_pair_none_is_the_pair_matrix_and_mean_is_the_documented_rule():
+    # Regression (issue 8 reported "mean" 1.61 against "none".mean() 2.72): "none" returned
+    # per-anchor sums, from which the mean could not be recomputed. Now "none" is the (N, N)
+    # pair-loss matrix and
+    # mean == mean over positive pairs with a loss > 0 + mean over negative pairs with a loss > 0.
+    e, y = _batch(6, n=12)
+    none = contrastive_pair_loss(e, y, pos_margin=0.1, neg_margin=1.1, reduction="none")
+    ref = _pair_loop(e, y, 0.1, 1.1)
+    torch.testing.assert_close(none, ref, rtol=1e-10, atol=1e-12)
+    pos = (y[:, None] == y[None, :]) & ~torch.eye(12, dtype=torch.bool)
+    neg = y[:, None] != y[None, :]
+    rule = ref[pos].sum() / (ref[pos] > 0).sum() + ref[neg].sum() / (ref[neg] > 0).sum()
+    torch.testing.assert_close(contrastive_pair_loss(e, y, pos_margin=0.1, neg_margin=1.1), rule)
+    torch.testing.assert_close(contrastive_pair_loss(e, y, pos_margin=0.1, neg_margin=1.1, reduction="sum"), ref.sum())
+
+
 def test_contrastive_pair_average_all_loop():
     e, y = _batch(8, n=10)
     x = torch.nn.functional.normalize(e, dim=-1)
@@ -251,6 +306,27 @@ def test_threshold_consistent_margin_equals_pml(seed, params):
     assert ref > 0
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(out_g, ref_g, rtol=1e-8, atol=1e-10)
+
+
+def test_threshold_consistent_margin_none_matrix_and_mean_rule():
+    e, y = _batch(9, n=10)
+    mp, mm = 0.3, -0.1
+    none = threshold_consistent_margin_loss(e, y, margin_plus=mp, margin_minus=mm, lambda_plus=0.5, reduction="none")
+    x = torch.nn.functional.normalize(e, dim=-1)
+    ref = torch.zeros(10, 10, dtype=torch.float64)
+    hard_p, hard_n = [], []
+    for i, j in itertools.product(range(10), repeat=2):
+        sij = float(x[i] @ x[j])
+        if i != j and y[i] == y[j] and sij <= mp:
+            ref[i, j] = 0.5 * (mp - sij)
+            hard_p.append(float(ref[i, j]))
+        elif y[i] != y[j] and sij >= mm:
+            ref[i, j] = sij - mm
+            hard_n.append(float(ref[i, j]))
+    torch.testing.assert_close(none, ref, rtol=1e-10, atol=1e-12)
+    assert hard_p and hard_n
+    mean = threshold_consistent_margin_loss(e, y, margin_plus=mp, margin_minus=mm, lambda_plus=0.5)
+    assert float(mean) == pytest.approx(sum(hard_p) / len(hard_p) + sum(hard_n) / len(hard_n), rel=1e-12)
 
 
 def test_threshold_consistent_margin_is_zero_when_no_pair_is_hard():
@@ -298,13 +374,15 @@ def test_bad_inputs_raise_value_error():
         triplet_margin_loss(e, y, margin=-0.1)
     with pytest.raises(ValueError, match="distance"):
         triplet_margin_loss(e, y, distance="manhattan")
+    with pytest.raises(ValueError, match="distance"):
+        contrastive_pair_loss(e, y, distance="squared_euclidean")  # SciPy's name is "sqeuclidean"
     with pytest.raises(ValueError, match="distance callable"):
         triplet_margin_loss(e, y, distance=lambda a, b: a)
     with pytest.raises(ValueError, match="average"):
         triplet_margin_loss(e, y, average="positive")
     with pytest.raises(ValueError, match="outside"):
         triplet_margin_loss(e, y, triplets=(torch.tensor([0]), torch.tensor([1]), torch.tensor([6])))
-    with pytest.raises(ValueError, match="equal lengths"):
+    with pytest.raises(ValueError, match="triplets index tensors must have equal lengths"):
         triplet_margin_loss(e, y, triplets=(torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([2])))
     with pytest.raises(ValueError, match="neg_margin"):
         contrastive_pair_loss(e, y, pos_margin=0.5, neg_margin=0.2)
@@ -325,3 +403,94 @@ def test_modules_match_functions():
     m = losslab.nn.MultiSimilarityLoss(alpha=3.0)
     assert torch.equal(m(e, y), multi_similarity_loss(e, y, alpha=3.0))
     assert torch.equal(losslab.nn.TripletMarginLoss(margin=0.2)(e, y), triplet_margin_loss(e, y, margin=0.2))
+
+
+def test_modules_take_mined_triplets_in_forward_and_check_hyperparameters():
+    e, y = _batch(4, n=12)
+    trip = tuple(t[::2] for t in all_triplets(y))
+    m = losslab.nn.TripletMarginLoss(margin=0.2, reduction="none")
+    assert torch.equal(m(e, y, triplets=trip), triplet_margin_loss(e, y, margin=0.2, triplets=trip, reduction="none"))
+    with pytest.raises(TypeError, match="forward"):
+        losslab.nn.TripletMarginLoss(triplets=trip)
+    for cls, bad, match in [
+        (losslab.nn.TripletMarginLoss, dict(margin=-1.0), "margin"),
+        (losslab.nn.TripletMarginLoss, dict(distance="squared_euclidean"), "distance"),
+        (losslab.nn.TripletMarginLoss, dict(average="positive"), "average"),
+        (losslab.nn.ContrastivePairLoss, dict(pos_margin=0.5, neg_margin=0.2), "neg_margin"),
+        (losslab.nn.MultiSimilarityLoss, dict(beta=0.0), "beta"),
+        (losslab.nn.ThresholdConsistentMarginLoss, dict(margin_minus=-2.0), "margin_minus"),
+        (losslab.nn.ProtoTripletLoss, dict(margin=-0.5), "margin"),
+        (losslab.nn.MultiSimilarityLoss, dict(reduction="avg"), "reduction"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            cls(**bad)
+
+
+def test_multi_similarity_epsilon_zero_is_a_valid_mining_margin():
+    e, y = _batch(5, n=16)
+    miner = pml_miners.MultiSimilarityMiner(epsilon=0.0)
+    ref = pml_losses.MultiSimilarityLoss()(e, y, miner(e, y))
+    torch.testing.assert_close(multi_similarity_loss(e, y, epsilon=0.0), ref, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- non-finite inputs
+def _nan_batch(row):
+    e, _ = _batch(0, n=10, d=4)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2, 3])  # row 9 has a unique label: a negative only
+    e[row, 0] = float("nan")
+    return e, y
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("row", [0, 9])
+def test_nan_embedding_gives_nan_loss(validate, row):
+    # Regression: mining and hard-pair selection compared similarities with NaN (always False)
+    # and silently dropped the pairs, so a NaN embedding gave a finite loss: multi-similarity
+    # with mining 0.3025 (row 0), TCM 1.2920 (row 0), all-triplets 0.4237 (row 9: a NaN that is
+    # only ever a negative sorted past every searchsorted position).
+    e, y = _nan_batch(row)
+    import warnings
+
+    with losslab.validation(validate), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outs = {
+            "ms": multi_similarity_loss(e, y),
+            "ms_no_mining": multi_similarity_loss(e, y, mining=False),
+            "tcm": threshold_consistent_margin_loss(e, y),
+            "triplet": triplet_margin_loss(e, y),
+            "triplet_sum": triplet_margin_loss(e, y, reduction="sum"),
+            "triplet_all_sqeuclidean": triplet_margin_loss(e, y, average="all", distance="sqeuclidean"),
+            "contrastive": contrastive_pair_loss(e, y),
+        }
+    for name, out in outs.items():
+        assert torch.isnan(out), name
+
+
+def test_nan_mining_keeps_the_pair():
+    e, y = _nan_batch(0)
+    en = torch.nn.functional.normalize(e, dim=-1)
+    pos, neg = multi_similarity_mine(en @ en.T, y)
+    assert pos[0][y == 0].sum() == 2 and neg[0].sum() == int((y != 0).sum())  # row 0 keeps every pair
+
+
+def test_nan_in_a_triplet_that_is_not_scored_stays_finite():
+    e, y = _nan_batch(9)
+    trip = tuple(t for t in all_triplets(y))
+    keep = (trip[0] != 9) & (trip[1] != 9) & (trip[2] != 9)
+    out = triplet_margin_loss(e, y, triplets=tuple(t[keep] for t in trip))
+    assert torch.isfinite(out)
+
+
+def test_proto_triplet_nan_and_compile_without_graph_break():
+    g = torch.Generator().manual_seed(3)
+    support = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    query = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    s_lab, q_lab = torch.tensor([4, 1, 4, 1, 7, 7]), torch.tensor([7, 1, 4, 4])
+    bad = support.clone()
+    bad[5, 2] = float("nan")  # a support row of class 7: its prototype is NaN
+    assert torch.isnan(proto_triplet_loss(bad, s_lab, query, q_lab))
+    # Regression: torch.unique (a data-dependent shape) broke torch.compile(fullgraph=True).
+    with losslab.validation(False):
+        compiled = torch.compile(proto_triplet_loss, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(support, s_lab, query, q_lab, reduction="none"),
+                                   proto_triplet_loss(support, s_lab, query, q_lab, reduction="none"))

@@ -67,10 +67,23 @@ def test_mann_whitney_auc_equals_sklearn_with_ties():
     scores = torch.randint(0, 5, (4, 30), generator=g).double()  # many ties
     labels = torch.randint(0, 2, (4, 30), generator=g)
     labels[:, 0], labels[:, 1] = 1, 0
-    ours = mann_whitney_auc(scores, labels)
+    ours = mann_whitney_auc(scores, labels, reduction="none")
     ref = [metrics.roc_auc_score(y, s) for s, y in zip(scores.numpy(), labels.numpy())]
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-12)
     assert not ours.requires_grad
+    np.testing.assert_allclose(mann_whitney_auc(scores, labels).item(), np.mean(ref), rtol=1e-12)
+    np.testing.assert_allclose(mann_whitney_auc(scores[0], labels[0]).item(), ref[0], rtol=1e-12)
+
+
+def test_mann_whitney_auc_query_without_both_classes():
+    metrics = pytest.importorskip("sklearn.metrics")
+    scores, labels = _data(seed=5)  # the last query has no positive: its AUC is undefined
+    none = mann_whitney_auc(scores, labels, reduction="none")
+    assert none[-1].item() == 0.0
+    ref = [metrics.roc_auc_score(y, s) for s, y in zip(scores[:-1].numpy(), labels[:-1].numpy())]
+    np.testing.assert_allclose(none[:-1].numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(mann_whitney_auc(scores, labels).item(), np.mean(ref), rtol=1e-12)
+    assert mann_whitney_auc(scores[-1], labels[-1]).item() == 0.0  # nothing defined: "mean" is 0
 
 
 @settings(max_examples=25, deadline=None)
@@ -81,7 +94,7 @@ def test_mw_loss_upper_bounds_area_over_curve(seed):
     scores = torch.randn(3, 8, generator=g, dtype=torch.float64) * 3
     labels = torch.randint(0, 2, (3, 8), generator=g)
     labels[:, 0], labels[:, 1] = 1, 0
-    bound = math.log(2) * (1 - mann_whitney_auc(scores, labels))
+    bound = math.log(2) * (1 - mann_whitney_auc(scores, labels, reduction="none"))
     assert (mw_loss(scores, labels, reduction="none") >= bound - 1e-12).all()
 
 
@@ -137,7 +150,64 @@ def test_bad_input():
         pairwise_auc_loss(s, torch.ones(2, 4), surrogate="logistic", scale=0.0)
     with pytest.raises(TypeError, match="floating"):
         mw_loss(torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4))
-    with pytest.raises(ValueError, match="NaN"):
-        mw_loss(torch.tensor([float("nan"), 1.0]), torch.tensor([1, 0]))
     with pytest.raises(TypeError, match="bool"):
         pairwise_ranking_loss(s, s, mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="target"):
+        pairwise_ranking_loss(s, s[:, :3])
+    with pytest.raises(ValueError, match="mask"):
+        pairwise_ranking_loss(s, s, mask=torch.ones(2, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_nan_score_gives_nan(validate):
+    # Regression: mann_whitney_auc counted a pair with a NaN score as "not ranked correctly"
+    # (d > 0 and d == 0 are both False) and returned a finite AUC, 0.5 here; the losses raised
+    # ValueError only while validation was on.
+    import losslab
+
+    scores = torch.tensor([[0.1, float("nan"), 0.3, 0.8], [0.2, 0.1, 0.3, float("nan")]])
+    labels = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])  # the second query has no pair: its NaN does not count
+    with losslab.validation(validate):
+        for fn in (mann_whitney_auc, mw_loss, pairwise_auc_loss):
+            none = fn(scores, labels, reduction="none")
+            assert torch.isnan(none[0]) and none[1].item() == 0.0, fn.__name__
+            assert torch.isnan(fn(scores, labels)), fn.__name__
+        assert torch.isnan(mann_whitney_auc(scores[0], labels[0]))
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_pairwise_ranking_nan_target_gives_nan(validate):
+    # Regression: a NaN target fails every comparison, so its item formed no pair and the
+    # loss stayed finite (sample 0 here: 12.6587 before the fix).
+    import losslab
+
+    scores = torch.randn(2, 5, dtype=torch.float64)
+    target = torch.tensor([[0.1, float("nan"), 0.3, 0.2, 0.5], [0.4, 0.1, 0.3, 0.2, 0.5]], dtype=torch.float64)
+    with losslab.validation(validate):
+        none = pairwise_ranking_loss(scores, target, reduction="none")
+        assert torch.isnan(none[0]) and torch.isfinite(none[1])
+        mask = torch.ones(2, 5, dtype=torch.bool)
+        mask[0, 1] = False  # a masked-out item does not count
+        assert torch.isfinite(pairwise_ranking_loss(scores, target, mask=mask))
+
+
+def test_pairwise_ranking_module_takes_mask_in_forward():
+    import losslab
+
+    scores, target = torch.randn(2, 6), torch.randn(2, 6)
+    mask = torch.rand(2, 6) > 0.3
+    m = losslab.nn.PairwiseRankingLoss(reduction="sum")
+    assert torch.equal(m(scores, target, mask=mask), pairwise_ranking_loss(scores, target, mask=mask, reduction="sum"))
+    with pytest.raises(TypeError, match="forward"):
+        losslab.nn.PairwiseRankingLoss(mask=mask)
+    with pytest.raises(ValueError, match="surrogate"):
+        losslab.nn.PairwiseAUCLoss(surrogate="exp")
+
+
+def test_pairwise_ranking_mean_is_pair_weighted():
+    g = torch.Generator().manual_seed(8)
+    scores = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (3, 6), generator=g).double()  # ties: different pair counts per sample
+    none = pairwise_ranking_loss(scores, target, reduction="none")
+    n_pairs = sum(int(t[i] > t[j]) for t in target for i in range(6) for j in range(6))
+    torch.testing.assert_close(pairwise_ranking_loss(scores, target), none.sum() / n_pairs)

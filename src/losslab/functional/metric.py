@@ -4,23 +4,32 @@ Conventions shared by the family:
 
 * Embeddings are L2-normalized inside (``normalize=True``, the default of
   pytorch-metric-learning's distances); pass ``normalize=False`` to use them as they are.
-* Losses built on a distance take it as a strategy (DESIGN.md rule 10):
-  ``distance="euclidean"`` (default), ``"squared_euclidean"``, ``"cosine"`` (``1 - cos``),
-  ``"dot"`` (``-<x, y>``) or a callable ``f(x, y) -> (n, m)`` distance matrix; see
-  :func:`pairwise_distance`. Smaller always means closer.
-* Selection is separate from scoring (rule 11): miners such as :func:`multi_similarity_mine`
-  run under ``torch.no_grad()`` and return boolean masks; :func:`triplet_margin_loss` accepts
-  mined ``(anchor, positive, negative)`` index tensors.
-* ``reduction="none"`` returns one value per anchor (its summed pair/triplet terms), so
-  ``"sum" == "none".sum()``; ``"mean"`` is each loss's documented average (pytorch-metric-learning's
-  reducers where the loss matches that library).
-* Every pairwise quantity is a ``B x B`` matrix: memory is O(B^2), never O(B^3) (the all-triplets
-  triplet loss is summed per (anchor, positive) pair from sorted negative distances).
+* Losses built on a distance take it as a strategy: ``distance="euclidean"`` (default),
+  ``"sqeuclidean"``, ``"cosine"`` (``1 - cos``), ``"dot"`` (``-<x, y>``) or a callable
+  ``f(x, y) -> (n, m)`` distance matrix (SciPy's ``cdist`` names; see
+  :func:`pairwise_distance`). Smaller always means closer.
+* Selection is separate from scoring: miners such as :func:`multi_similarity_mine` and
+  :func:`all_triplets` run without gradient and return boolean masks or index tensors;
+  :func:`triplet_margin_loss` accepts mined ``(anchor, positive, negative)`` index tensors.
+* ``reduction="none"`` returns the elements that ``"mean"`` averages, so every ``"mean"`` can be
+  recomputed from ``"none"`` (and ``"sum" == "none".sum()``): per anchor for
+  :func:`multi_similarity_loss` (plain mean), per triplet for :func:`triplet_margin_loss`
+  (mean over the triplets with a positive loss by default), an ``(N, N)`` matrix of pair
+  losses for :func:`contrastive_pair_loss` and :func:`threshold_consistent_margin_loss` (the
+  positive-pair average plus the negative-pair average), per query for :func:`proto_triplet_loss`.
+* Every pairwise quantity is a ``B x B`` matrix: ``"mean"`` and ``"sum"`` use O(B^2) memory,
+  never O(B^3) (the all-triplets triplet loss is summed per (anchor, positive) pair from sorted
+  negative distances); only ``reduction="none"`` of the all-triplets loss returns one value
+  per triplet.
+* Non-finite inputs (see CONTRIBUTING.md): a NaN embedding gives a NaN loss whenever it takes
+  part in a pair, triplet or prototype that is scored; mining and hard-pair selection keep
+  pairs whose similarity is NaN instead of silently dropping them.
 """
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Callable, Union
+from typing import Callable, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +41,11 @@ from .._checks import (
     check_ndim,
     check_nonnegative,
     check_positive,
+    hyperparameter_checks,
     validation_enabled,
 )
 from .._numerics import compute_dtype, softplus, upcast
-from .._reduction import reduce
+from .._reduction import Reduction, reduce
 from ..registry import Example, Reference, register
 from ._examples import randint, randn
 
@@ -43,15 +53,16 @@ __all__ = [
     "pairwise_distance",
     "multi_similarity_mine",
     "multi_similarity_loss",
+    "all_triplets",
     "triplet_margin_loss",
     "contrastive_pair_loss",
     "threshold_consistent_margin_loss",
     "proto_triplet_loss",
 ]
 
-Distance = Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
-DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot")
-
+Distance = Union[Literal["euclidean", "sqeuclidean", "cosine", "dot"], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+DISTANCES = ("euclidean", "sqeuclidean", "cosine", "dot")
+Average = Literal["nonzero", "all"]
 MS_PAPER = Reference(
     title="Multi-Similarity Loss with General Pair Weighting for Deep Metric Learning",
     authors="Xun Wang, Xintong Han, Weilin Huang, Dengke Dong, Matthew R. Scott",
@@ -91,6 +102,7 @@ SUSANA_SEED = (
 )
 
 
+
 # ----------------------------------------------------------------------------- shared helpers
 def _embeddings(x: torch.Tensor, name: str, dtype: torch.dtype, normalize: bool) -> torch.Tensor:
     check_floating(x, name)
@@ -121,19 +133,39 @@ def _warn_no_positive(name: str, pos: torch.Tensor) -> None:
                       UserWarning, stacklevel=3)
 
 
+def _check_distance(distance: object, allowed: tuple[str, ...] = DISTANCES) -> None:
+    if not callable(distance):
+        check_choice(distance, "distance", allowed)
+
+
+def _check_flag(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def _check_number(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _check_average(average: object) -> None:
+    check_choice(average, "average", ("nonzero", "all"))
+
+
 def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, distance: Distance = "euclidean") -> torch.Tensor:
     r"""Distance matrix ``D[i, j] = d(x_i, y_j)`` for the metric-learning losses (smaller = closer).
 
     ``"euclidean"``: :math:`\|x_i - y_j\|_2` (``torch.cdist``, whose gradient at a zero distance
-    is 0); ``"squared_euclidean"``: :math:`\|x_i\|^2 + \|y_j\|^2 - 2\langle x_i, y_j\rangle`
+    is 0); ``"sqeuclidean"``: :math:`\|x_i\|^2 + \|y_j\|^2 - 2\langle x_i, y_j\rangle`
     clamped at 0; ``"cosine"``: :math:`1 - \cos(x_i, y_j)`; ``"dot"``: :math:`-\langle x_i, y_j\rangle`;
-    a callable ``f(x, y)`` must return the ``(n, m)`` matrix itself. No normalization is done
-    here (the losses normalize first when ``normalize=True``).
+    a callable ``f(x, y)`` must return the ``(n, m)`` matrix itself. The names are SciPy's
+    ``cdist`` metric names. No normalization is done here (the losses normalize first when
+    ``normalize=True``).
 
     Args:
         x: ``(n, D)``.
         y: ``(m, D)``; ``None`` means ``x``.
-        distance: a name from ``("euclidean", "squared_euclidean", "cosine", "dot")`` or a callable.
+        distance: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"``, ``"dot"`` or a callable.
 
     Returns:
         ``(n, m)`` distances.
@@ -145,17 +177,17 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, distance: 
             got = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
             raise ValueError(f"distance callable must return a ({x.shape[0]}, {y.shape[0]}) tensor, got {got}")
         return d
-    check_choice(distance, "distance", DISTANCES)
+    _check_distance(distance)
     if distance == "euclidean":
         return torch.cdist(x, y)
-    if distance == "squared_euclidean":
+    if distance == "sqeuclidean":
         return (x.square().sum(-1, keepdim=True) + y.square().sum(-1) - 2 * (x @ y.T)).clamp_min(0)
     if distance == "cosine":
         return 1 - F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T
     return -(x @ y.T)
 
 
-def _labelled(n: int = 8, d: int = 4, **kw) -> Example:
+def _labelled(n: int = 8, d: int = 4, *, mean_rule=None, variants=(), **kw) -> Example:
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])[:n]
 
     def make(gen):
@@ -164,7 +196,8 @@ def _labelled(n: int = 8, d: int = 4, **kw) -> Example:
     def mismatch(gen):
         return (randn(gen, n, d), randint(gen, 3, n - 1)), dict(kw)
 
-    return Example(make=make, mismatch=mismatch, logits=(0,), grad=(0,))
+    return Example(make=make, mismatch=mismatch, mismatch_match="labels", extreme=None, grad=(0,),
+                   mean_rule=mean_rule, variants=tuple(variants))
 
 
 # ----------------------------------------------------------------------------- multi-similarity
@@ -178,7 +211,9 @@ def multi_similarity_mine(
     :math:`N_i`, a positive is kept when :math:`S_{ip} - \varepsilon < \max_{n \in N_i} S_{in}` and a
     negative when :math:`S_{in} + \varepsilon > \min_{p \in P_i} S_{ip}` (Wang et al. 2019, Eq. 6-7;
     pytorch-metric-learning's ``MultiSimilarityMiner``). An anchor without negatives keeps no
-    positive and one without positives keeps no negative. Runs under ``torch.no_grad()``.
+    positive and one without positives keeps no negative. A pair whose comparison involves a
+    NaN similarity is kept (so the NaN reaches the loss instead of being dropped). Runs under
+    ``torch.no_grad()``.
 
     Args:
         sim: ``(N, N)`` similarities (larger = more similar).
@@ -195,7 +230,9 @@ def multi_similarity_mine(
     inf = torch.tensor(float("inf"), dtype=sim.dtype, device=sim.device)
     hardest_neg = torch.where(neg, sim, -inf).amax(1, keepdim=True)  # -inf: no negative -> no positive kept
     hardest_pos = torch.where(pos, sim, inf).amin(1, keepdim=True)  # +inf: no positive -> no negative kept
-    return pos & (sim - epsilon < hardest_neg), neg & (sim + epsilon > hardest_pos)
+    # "not (drop condition)" rather than "keep condition": a comparison with NaN is False, so
+    # a NaN similarity (or a NaN hardest pair) keeps the pair and the loss becomes NaN.
+    return pos & ~(sim - epsilon >= hardest_neg), neg & ~(sim + epsilon <= hardest_pos)
 
 
 def _log1p_sum_exp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -212,8 +249,18 @@ def _log1p_sum_exp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(any_row.squeeze(1), softplus(torch.logsumexp(x, dim=1)), zero)
 
 
+def _check_multi_similarity(*, alpha, beta, base, epsilon, mining, **_) -> None:
+    check_positive(alpha, "alpha")
+    check_positive(beta, "beta")
+    _check_number(base, "base")
+    check_nonnegative(epsilon, "epsilon")
+    _check_flag(mining, "mining")
+
+
 @register("multi_similarity_loss", family="metric", reference=MS_PAPER, seed=None,
-          example=_labelled(), input_kind="embeddings", batch_level=True)
+          example=_labelled(), input_kind="embeddings",
+          tags=("metric learning", "pair mining", "pair weighting", "image retrieval", "embeddings"))
+@hyperparameter_checks(_check_multi_similarity)
 def multi_similarity_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -223,7 +270,7 @@ def multi_similarity_loss(
     base: float = 0.5,
     epsilon: float = 0.1,
     mining: bool = True,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Multi-similarity loss with its ε pair mining (Wang et al. 2019), on cosine similarities.
 
@@ -236,13 +283,14 @@ def multi_similarity_loss(
 
     each term computed as ``softplus(logsumexp(...))`` over the kept pairs (no overflow for any
     :math:`\alpha, \beta`). An empty sum gives 0, so anchors without (kept) positives or
-    negatives contribute only the other term or nothing. ``"mean"`` averages over **all**
-    anchors, as pytorch-metric-learning's ``MultiSimilarityLoss`` (``MeanReducer``); with
-    ``mining=True`` the value equals that loss with ``MultiSimilarityMiner(epsilon)``. The
-    mining decision is not differentiated (it runs under ``no_grad``). A batch without any
-    positive pair gives 0 and a ``UserWarning`` (validation on). One documented difference:
-    pytorch-metric-learning returns 0 when the miner keeps at most one positive *and* at most
-    one negative pair; this function scores those pairs.
+    negatives contribute only the other term or nothing. ``"none"`` returns :math:`\ell_i` for
+    every anchor and ``"mean"`` is their plain mean over **all** anchors, as
+    pytorch-metric-learning's ``MultiSimilarityLoss`` (``MeanReducer``); with ``mining=True``
+    the value equals that loss with ``MultiSimilarityMiner(epsilon)``. The mining decision is
+    not differentiated (it runs under ``no_grad``). A batch without any positive pair gives 0
+    and a ``UserWarning`` (validation on). One documented difference: pytorch-metric-learning
+    returns 0 when the miner keeps at most one positive *and* at most one negative pair; this
+    function scores those pairs.
 
     Memory is a few ``N x N`` matrices; no Python loop, no host sync (except the warning check).
 
@@ -252,9 +300,9 @@ def multi_similarity_loss(
         alpha: positive scale :math:`\alpha > 0` (2 in the paper's CUB setting and pytorch-metric-learning).
         beta: negative scale :math:`\beta > 0` (50).
         base: similarity offset :math:`\lambda` (0.5; "base" in pytorch-metric-learning).
-        epsilon: mining margin :math:`\varepsilon \ge 0` (0.1).
+        epsilon: mining margin :math:`\varepsilon \ge 0` (0.1; the paper's ε, not a smoothing constant).
         mining: apply the ε pair mining (default) or use every pair.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        reduction: ``"mean"`` (over all anchors), ``"sum"`` or ``"none"`` (one value per anchor).
 
     Shape:
         embeddings ``(N, D)``, labels ``(N,)``; output ``(N,)`` for ``"none"``, else a scalar.
@@ -273,11 +321,7 @@ def multi_similarity_loss(
         Wang, Han, Huang, Dong, Scott, "Multi-Similarity Loss with General Pair Weighting for
         Deep Metric Learning", CVPR 2019, https://arxiv.org/abs/1904.06627.
     """
-    check_positive(alpha, "alpha")
-    check_positive(beta, "beta")
-    check_nonnegative(epsilon, "epsilon")
-    if not isinstance(base, (int, float)):
-        raise ValueError(f"base must be a number, got {base!r}")
+    _check_multi_similarity(alpha=alpha, beta=beta, base=base, epsilon=epsilon, mining=mining)
     e = _embeddings(embeddings, "embeddings", compute_dtype(embeddings), True)
     _check_labels(embeddings, labels)
     sim = e @ e.T
@@ -290,8 +334,41 @@ def multi_similarity_loss(
 
 
 # ----------------------------------------------------------------------------- triplet
-def _check_average(average: str) -> None:
-    check_choice(average, "average", ("nonzero", "all"))
+@torch.no_grad()
+def all_triplets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Every valid triplet of a labelled batch as index tensors ``(anchor, positive, negative)``.
+
+    A triplet :math:`(a, p, n)` is valid when :math:`y_p = y_a`, :math:`p \ne a` and
+    :math:`y_n \ne y_a`. The triplets are sorted by anchor, then positive, then negative; this
+    is the order of ``triplet_margin_loss(..., reduction="none")`` when no ``triplets`` are
+    given. Memory is O(T) for :math:`T = \sum_a |P_a||N_a|` triplets (no ``N^3`` mask).
+
+    Args:
+        labels: ``(N,)`` integer labels.
+
+    Returns:
+        three int64 tensors of shape ``(T,)``.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import all_triplets
+        >>> a, p, n = all_triplets(torch.tensor([0, 0, 1]))
+        >>> torch.stack([a, p, n]).tolist()
+        [[0, 1], [1, 0], [2, 2]]
+    """
+    check_integer(labels, "labels")
+    check_ndim(labels, "labels", 1)
+    pos, neg = _pair_masks(labels)
+    pairs = pos.nonzero()  # (P, 2), sorted by anchor then positive
+    n_neg = neg.sum(1)
+    negatives = neg.nonzero()[:, 1]  # every anchor's negatives, anchor by anchor
+    first_neg = torch.cumsum(n_neg, 0) - n_neg  # where anchor a's negatives start in `negatives`
+    a, p = pairs[:, 0], pairs[:, 1]
+    counts = n_neg[a]  # triplets per (anchor, positive) pair
+    first_triplet = torch.cumsum(counts, 0) - counts
+    within = torch.arange(int(counts.sum()), device=labels.device) - first_triplet.repeat_interleave(counts)
+    a_t = a.repeat_interleave(counts)
+    return a_t, p.repeat_interleave(counts), negatives[first_neg[a_t] + within]
 
 
 def _all_triplets(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float):
@@ -315,87 +392,13 @@ def _all_triplets(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin:
     k = torch.where(pos, k, torch.zeros_like(k))
     hinge_sum = k.to(d.dtype) * shifted - prefix.gather(1, k)
     loss = torch.where(pos, hinge_sum, zero).sum(1)
+    # A NaN negative distance sorts last, past every searchsorted position, and would be
+    # dropped; the full prefix sum holds it, so adding 0 * (full prefix) turns the anchor's
+    # loss into NaN (NaN rule) at O(N) cost. Only anchors with a positive score triplets.
+    loss = loss + torch.where(pos.any(1), prefix[:, -1], zero) * 0
     nonzero = k.sum(1)
     total = pos.sum(1) * neg.sum(1)
     return loss, nonzero, total
-
-
-@register("triplet_margin_loss", family="metric", reference=FACENET_PAPER, seed=None,
-          example=_labelled(margin=0.2), input_kind="embeddings", batch_level=True)
-def triplet_margin_loss(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    margin: float = 0.05,
-    distance: Distance = "euclidean",
-    normalize: bool = True,
-    triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    average: str = "nonzero",
-    reduction: str = "mean",
-) -> torch.Tensor:
-    r"""Triplet margin loss over every valid triplet of the batch (or given mined triplets), any distance.
-
-    For a triplet (anchor :math:`a`, positive :math:`p`: same label, :math:`p \ne a`; negative
-    :math:`n`: other label) with distances :math:`d`,
-
-    .. math:: \ell_{apn} = [\,d_{ap} - d_{an} + m\,]_+ .
-
-    ``triplets=None`` uses **all** valid triplets, summed per anchor without building the
-    :math:`N^3` tensor (sorted negative distances and prefix sums, O(N^2) memory, exact).
-    ``triplets=(a, p, n)`` (index tensors, e.g. from a miner) scores only those. ``"none"``
-    returns each anchor's summed hinge; ``"mean"`` divides the total by the number of
-    triplets with a positive loss (``average="nonzero"``, pytorch-metric-learning's
-    ``AvgNonZeroReducer``, the default of its ``TripletMarginLoss``) or by the number of
-    triplets (``average="all"``); 0 when that number is 0. With the defaults
-    (``margin=0.05``, euclidean distance between normalized embeddings, all triplets,
-    ``average="nonzero"``) the value equals pytorch-metric-learning's ``TripletMarginLoss()``.
-    A batch without any positive pair gives 0 and a ``UserWarning`` (validation on).
-
-    Args:
-        embeddings: ``(N, D)``.
-        labels: ``(N,)`` integer labels.
-        margin: :math:`m \ge 0`.
-        distance: see :func:`pairwise_distance` (``"cosine"`` gives :math:`[s_{an} - s_{ap} + m]_+`).
-        normalize: L2-normalize the embeddings first (default, as pytorch-metric-learning).
-        triplets: optional ``(anchor, positive, negative)`` int64 index tensors of equal length
-            ``(T,)``; their labels are not re-checked.
-        average: ``"nonzero"`` or ``"all"``, the ``"mean"`` denominator.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-
-    Shape:
-        embeddings ``(N, D)``, labels ``(N,)``; output ``(N,)`` for ``"none"``, else a scalar.
-
-    Example:
-        >>> import torch
-        >>> from losslab.functional import triplet_margin_loss
-        >>> e = torch.tensor([[0.0, 1.0], [0.0, 2.0], [1.0, 0.0]])
-        >>> y = torch.tensor([0, 0, 1])
-        >>> triplet_margin_loss(e, y, margin=0.5, normalize=False, reduction="none")   # d_ap=1, d_an=sqrt(2), sqrt(5)
-        tensor([0.0858, 0.0000, 0.0000])
-
-    References:
-        Schroff, Kalenichenko, Philbin, "FaceNet: A Unified Embedding for Face Recognition and
-        Clustering", CVPR 2015, https://arxiv.org/abs/1503.03832; Musgrave et al.,
-        "PyTorch Metric Learning", 2020, https://arxiv.org/abs/2008.09164 (reducer conventions).
-    """
-    check_nonnegative(margin, "margin")
-    _check_average(average)
-    e = _embeddings(embeddings, "embeddings", compute_dtype(embeddings), normalize)
-    _check_labels(embeddings, labels)
-    n = e.shape[0]
-    d = pairwise_distance(e, e, distance)
-    if triplets is None:
-        pos, neg = _pair_masks(labels)
-        _warn_no_positive("triplet_margin_loss", pos)
-        loss, nonzero, total = _all_triplets(d, pos, neg, margin)
-    else:
-        a, p, ng = _check_triplets(triplets, n)
-        hinge = torch.relu(d[a, p] - d[a, ng] + margin)
-        loss = torch.zeros(n, dtype=d.dtype, device=d.device).index_add(0, a, hinge)
-        nonzero = torch.zeros(n, dtype=torch.long, device=d.device).index_add(0, a, (hinge > 0).long())
-        total = torch.bincount(a, minlength=n)
-    normalizer = (nonzero if average == "nonzero" else total).to(loss.dtype)
-    return reduce(loss, reduction, normalizer=normalizer)
 
 
 def _check_triplets(triplets, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -406,7 +409,9 @@ def _check_triplets(triplets, n: int) -> tuple[torch.Tensor, torch.Tensor, torch
         check_integer(t, name)
         check_ndim(t, name, 1)
     if not (a.shape == p.shape == ng.shape):
-        raise ValueError(f"triplet index tensors must have equal lengths, got {tuple(a.shape)}, {tuple(p.shape)}, {tuple(ng.shape)}")
+        raise ValueError(
+            f"triplets index tensors must have equal lengths, got {tuple(a.shape)}, {tuple(p.shape)}, {tuple(ng.shape)}"
+        )
     if validation_enabled() and a.numel() > 0:
         lo = min(int(t.min()) for t in (a, p, ng))
         hi = max(int(t.max()) for t in (a, p, ng))
@@ -415,14 +420,167 @@ def _check_triplets(triplets, n: int) -> tuple[torch.Tensor, torch.Tensor, torch
     return a.long(), p.long(), ng.long()
 
 
+def _check_triplet_margin(*, margin, distance, normalize, average, **_) -> None:
+    check_nonnegative(margin, "margin")
+    _check_distance(distance)
+    _check_flag(normalize, "normalize")
+    _check_average(average)
+
+
+def _nonzero_mean(none: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Mean over the elements with a positive loss (0 when there is none)."""
+    if kwargs.get("average", "nonzero") == "all":
+        return none.mean() if none.numel() else none.sum()
+    count = (none > 0).sum()
+    return none.sum() / count if count > 0 else none.sum() * 0
+
+
+def _triplet_example() -> Example:
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+    def mined(gen):
+        # A fixed subset of the valid triplets, as a miner would return (per-batch: forward arg).
+        a, p, n = all_triplets(labels)
+        keep = torch.randperm(a.numel(), generator=gen)[:20]
+        return (randn(gen, 8, 4), labels.clone()), {"margin": 0.2, "triplets": (a[keep], p[keep], n[keep])}
+
+    def average_all(gen):
+        return (randn(gen, 8, 4), labels.clone()), {"margin": 0.2, "average": "all", "distance": "sqeuclidean"}
+
+    return _labelled(margin=0.2, mean_rule=_nonzero_mean, variants=(mined, average_all))
+
+
+@register("triplet_margin_loss", family="metric", reference=FACENET_PAPER, seed=None,
+          example=_triplet_example(), input_kind="embeddings",
+          tags=("metric learning", "triplet loss", "face recognition", "retrieval", "embeddings"))
+@hyperparameter_checks(_check_triplet_margin)
+def triplet_margin_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.05,
+    distance: Distance = "euclidean",
+    normalize: bool = True,
+    triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    average: Average = "nonzero",
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""Triplet margin loss over every valid triplet of the batch (or given mined triplets), any distance.
+
+    For a triplet (anchor :math:`a`, positive :math:`p`: same label, :math:`p \ne a`; negative
+    :math:`n`: other label) with distances :math:`d`,
+
+    .. math:: \ell_{apn} = [\,d_{ap} - d_{an} + m\,]_+ .
+
+    ``triplets=None`` uses **all** valid triplets; ``triplets=(a, p, n)`` (index tensors, e.g.
+    from a miner) scores only those. ``"none"`` returns :math:`\ell_{apn}` for every triplet
+    (in the given order, or the order of :func:`all_triplets`); ``"sum"`` is their total;
+    ``"mean"`` averages them over the triplets with a positive loss (``average="nonzero"``,
+    pytorch-metric-learning's ``AvgNonZeroReducer``, the default of its ``TripletMarginLoss``)
+    or over all triplets (``average="all"``), 0 when there is none. So
+    ``mean == none.sum() / (none > 0).sum()`` for ``"nonzero"`` and ``none.mean()`` for
+    ``"all"``. With the defaults (``margin=0.05``, euclidean distance between normalized
+    embeddings, all triplets, ``average="nonzero"``) the value equals
+    pytorch-metric-learning's ``TripletMarginLoss()``. A batch without any positive pair
+    gives 0 and a ``UserWarning`` (validation on).
+
+    Memory: ``"mean"`` and ``"sum"`` over all triplets never build the :math:`N^3` tensor
+    (sorted negative distances and prefix sums per anchor, O(N^2) memory, exact);
+    ``"none"`` returns one value per triplet, :math:`T = \sum_a |P_a||N_a|` values.
+
+    Args:
+        embeddings: ``(N, D)``.
+        labels: ``(N,)`` integer labels.
+        margin: :math:`m \ge 0`.
+        distance: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"`` (:math:`1 - \cos`, giving
+            :math:`[s_{an} - s_{ap} + m]_+`), ``"dot"`` or a callable; see :func:`pairwise_distance`.
+        normalize: L2-normalize the embeddings first (default, as pytorch-metric-learning).
+        triplets: optional ``(anchor, positive, negative)`` integer index tensors of equal
+            length ``(T,)`` (per batch: a Module takes them in ``forward``); their labels are
+            not re-checked.
+        average: what ``"mean"`` averages over: ``"nonzero"`` the triplets with a positive
+            loss (default), ``"all"`` every triplet.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (one value per triplet).
+
+    Shape:
+        embeddings ``(N, D)``, labels ``(N,)``; output ``(T,)`` for ``"none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from losslab.functional import triplet_margin_loss
+        >>> e = torch.tensor([[0.0, 1.0], [0.0, 2.0], [1.0, 0.0]])
+        >>> y = torch.tensor([0, 0, 1])
+        >>> triplet_margin_loss(e, y, margin=0.5, normalize=False, reduction="none")   # d_ap=1, d_an=sqrt(2), sqrt(5)
+        tensor([0.0858, 0.0000])
+        >>> triplet_margin_loss(e, y, margin=0.5, normalize=False)   # one triplet with a positive loss
+        tensor(0.0858)
+
+    References:
+        Schroff, Kalenichenko, Philbin, "FaceNet: A Unified Embedding for Face Recognition and
+        Clustering", CVPR 2015, https://arxiv.org/abs/1503.03832; Musgrave et al.,
+        "PyTorch Metric Learning", 2020, https://arxiv.org/abs/2008.09164 (reducer conventions).
+    """
+    _check_triplet_margin(margin=margin, distance=distance, normalize=normalize, average=average)
+    e = _embeddings(embeddings, "embeddings", compute_dtype(embeddings), normalize)
+    _check_labels(embeddings, labels)
+    n = e.shape[0]
+    if triplets is not None:
+        a, p, ng = _check_triplets(triplets, n)
+    d = pairwise_distance(e, e, distance)
+    if triplets is None:
+        pos, neg = _pair_masks(labels)
+        _warn_no_positive("triplet_margin_loss", pos)
+        if reduction != "none":
+            loss, nonzero, total = _all_triplets(d, pos, neg, margin)
+            normalizer = (nonzero if average == "nonzero" else total).to(loss.dtype)
+            return reduce(loss, reduction, normalizer=normalizer)
+        a, p, ng = all_triplets(labels)
+    hinge = torch.relu(d[a, p] - d[a, ng] + margin)
+    return reduce(hinge, reduction, normalizer=(hinge > 0).to(hinge.dtype) if average == "nonzero" else None)
+
+
 # ----------------------------------------------------------------------------- pair losses
-def _two_term_reduce(pos_loss, pos_norm, neg_loss, neg_norm, reduction):
-    """``reduce`` each term with its own "mean" denominator; "none"/"sum" add them per anchor."""
-    return reduce(pos_loss, reduction, normalizer=pos_norm) + reduce(neg_loss, reduction, normalizer=neg_norm)
+def _two_set_mean(lp: torch.Tensor, count_p: torch.Tensor, ln: torch.Tensor, count_n: torch.Tensor) -> torch.Tensor:
+    """``sum(lp) / count_p + sum(ln) / count_n``, each term 0 when its count is 0."""
+    return reduce(lp, "mean", normalizer=count_p) + reduce(ln, "mean", normalizer=count_n)
+
+
+def _pair_mean_rule(none: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Documented "mean" of :func:`contrastive_pair_loss` from its ``(N, N)`` "none" output."""
+    labels = args[1]
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(labels.numel(), dtype=torch.bool)
+    total = none.sum() * 0
+    for mask in (same & ~eye, ~same):
+        values = none[mask]
+        count = (values > 0).sum() if kwargs.get("average", "nonzero") == "nonzero" else mask.sum()
+        total = total + (values.sum() / count if count > 0 else 0)
+    return total
+
+
+def _contrastive_pair_example() -> Example:
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+    def average_all(gen):
+        return (randn(gen, 8, 4), labels.clone()), {"neg_margin": 1.2, "pos_margin": 0.3, "average": "all"}
+
+    return _labelled(neg_margin=1.2, mean_rule=_pair_mean_rule, variants=(average_all,))
+
+
+def _check_contrastive_pair(*, pos_margin, neg_margin, distance, normalize, average, **_) -> None:
+    check_nonnegative(pos_margin, "pos_margin")
+    check_nonnegative(neg_margin, "neg_margin")
+    if neg_margin < pos_margin:
+        raise ValueError(f"neg_margin must be >= pos_margin, got neg_margin={neg_margin} < pos_margin={pos_margin}")
+    _check_distance(distance)
+    _check_flag(normalize, "normalize")
+    _check_average(average)
 
 
 @register("contrastive_pair_loss", family="metric", reference=HADSELL_PAPER, seed=None,
-          example=_labelled(neg_margin=1.2), input_kind="embeddings", batch_level=True)
+          example=_contrastive_pair_example(), input_kind="embeddings",
+          tags=("metric learning", "siamese", "pair loss", "embeddings"))
+@hyperparameter_checks(_check_contrastive_pair)
 def contrastive_pair_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -431,8 +589,8 @@ def contrastive_pair_loss(
     neg_margin: float = 1.0,
     distance: Distance = "euclidean",
     normalize: bool = True,
-    average: str = "nonzero",
-    reduction: str = "mean",
+    average: Average = "nonzero",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Classic contrastive pair loss: pull positives within ``pos_margin``, push negatives beyond ``neg_margin``.
 
@@ -442,10 +600,16 @@ def contrastive_pair_loss(
         \ell^+_{ap} = [\,d_{ap} - m_+\,]_+ \ (y_p = y_a), \qquad
         \ell^-_{an} = [\,m_- - d_{an}\,]_+ \ (y_n \ne y_a).
 
-    ``"mean"`` averages the positive terms and the negative terms **separately** and adds the
-    two averages, each over its pairs with a positive loss (``average="nonzero"``,
-    pytorch-metric-learning's ``AvgNonZeroReducer``) or over all its pairs (``"all"``); an empty
-    set averages to 0. ``"none"`` returns each anchor's summed terms, ``"sum"`` their total.
+    ``"none"`` returns the ``(N, N)`` matrix of pair losses (:math:`\ell^+` at positive pairs,
+    :math:`\ell^-` at negative pairs, 0 on the diagonal), ``"sum"`` its total. ``"mean"`` is
+    **the average of the positive-pair losses plus the average of the negative-pair losses**
+    (pytorch-metric-learning's convention: each kind of pair is reduced on its own and the two
+    averages are added), each over its pairs with a positive loss (``average="nonzero"``,
+    ``AvgNonZeroReducer``) or over all its pairs (``average="all"``); an empty set averages to
+    0. From ``none`` and the label masks ``P`` (positive pairs) and ``N`` (negative pairs):
+    ``mean == none[P].sum() / (none[P] > 0).sum() + none[N].sum() / (none[N] > 0).sum()``.
+    So ``"mean"`` is not ``none.mean()``.
+
     With the defaults (euclidean distance between normalized embeddings, ``pos_margin=0``,
     ``neg_margin=1``) it equals pytorch-metric-learning's ``ContrastiveLoss()``. Margins are on
     this function's distance scale: for ``distance="cosine"`` (``1 - cos``) the library's
@@ -458,48 +622,76 @@ def contrastive_pair_loss(
         labels: ``(N,)`` integer labels.
         pos_margin: :math:`m_+ \ge 0`.
         neg_margin: :math:`m_- \ge m_+`.
-        distance: see :func:`pairwise_distance`.
+        distance: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"``, ``"dot"`` or a callable;
+            see :func:`pairwise_distance`.
         normalize: L2-normalize the embeddings first (default).
-        average: ``"nonzero"`` or ``"all"`` (see above).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        average: what each of the two ``"mean"`` averages runs over: ``"nonzero"`` the pairs
+            with a positive loss (default), ``"all"`` every pair of that kind.
+        reduction: ``"mean"`` (see above), ``"sum"`` or ``"none"`` (the ``(N, N)`` pair losses).
 
     Shape:
-        embeddings ``(N, D)``, labels ``(N,)``; output ``(N,)`` for ``"none"``, else a scalar.
+        embeddings ``(N, D)``, labels ``(N,)``; output ``(N, N)`` for ``"none"``, else a scalar.
 
     Example:
         >>> import torch
         >>> from losslab.functional import contrastive_pair_loss
         >>> e = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.6, 0.0]])
-        >>> contrastive_pair_loss(e, torch.tensor([0, 0, 1]), normalize=False, reduction="none")
-        tensor([0.9000, 0.7190, 0.6190])
+        >>> y = torch.tensor([0, 0, 1])
+        >>> contrastive_pair_loss(e, y, normalize=False, reduction="none")
+        tensor([[0.0000, 0.5000, 0.4000],
+                [0.5000, 0.0000, 0.2190],
+                [0.4000, 0.2190, 0.0000]])
+        >>> contrastive_pair_loss(e, y, normalize=False)   # (0.5 + 0.5) / 2 + (0.4 + 0.219) * 2 / 4
+        tensor(0.8095)
 
     References:
         Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant Mapping",
         CVPR 2006, https://doi.org/10.1109/CVPR.2006.100.
     """
-    check_nonnegative(pos_margin, "pos_margin")
-    check_nonnegative(neg_margin, "neg_margin")
-    if neg_margin < pos_margin:
-        raise ValueError(f"neg_margin must be >= pos_margin, got neg_margin={neg_margin} < pos_margin={pos_margin}")
-    _check_average(average)
+    _check_contrastive_pair(pos_margin=pos_margin, neg_margin=neg_margin, distance=distance, normalize=normalize,
+                            average=average)
     e = _embeddings(embeddings, "embeddings", compute_dtype(embeddings), normalize)
     _check_labels(embeddings, labels)
     d = pairwise_distance(e, e, distance)
     pos, neg = _pair_masks(labels)
     _warn_no_positive("contrastive_pair_loss", pos)
     zero = torch.zeros((), dtype=d.dtype, device=d.device)
-    lp = torch.where(pos, torch.relu(d - pos_margin), zero)
+    lp = torch.where(pos, torch.relu(d - pos_margin), zero)  # relu keeps NaN: a NaN pair stays NaN
     ln = torch.where(neg, torch.relu(neg_margin - d), zero)
+    if reduction != "mean":
+        return reduce(lp + ln, reduction)
     if average == "nonzero":
-        np_, nn_ = (lp > 0).sum(1), (ln > 0).sum(1)
-    else:
-        np_, nn_ = pos.sum(1), neg.sum(1)
-    return _two_term_reduce(lp.sum(1), np_.to(d.dtype), ln.sum(1), nn_.to(d.dtype), reduction)
+        return _two_set_mean(lp, (lp > 0).to(d.dtype), ln, (ln > 0).to(d.dtype))
+    return _two_set_mean(lp, pos.to(d.dtype), ln, neg.to(d.dtype))
+
+
+def _tcm_mean_rule(none: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Documented "mean" of :func:`threshold_consistent_margin_loss` from its ``(N, N)`` "none" output."""
+    x = F.normalize(args[0], dim=-1)
+    s = x @ x.T
+    labels = args[1]
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(labels.numel(), dtype=torch.bool)
+    hard_pos = same & ~eye & (s <= kwargs.get("margin_plus", 0.9))
+    hard_neg = ~same & (s >= kwargs.get("margin_minus", 0.5))
+    total = none.sum() * 0
+    for mask in (hard_pos, hard_neg):
+        total = total + (none[mask].sum() / mask.sum() if mask.any() else 0)
+    return total
+
+
+def _check_tcm(*, lambda_plus, lambda_minus, margin_plus, margin_minus, **_) -> None:
+    check_nonnegative(lambda_plus, "lambda_plus")
+    check_nonnegative(lambda_minus, "lambda_minus")
+    for v, name in ((margin_plus, "margin_plus"), (margin_minus, "margin_minus")):
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and -1.0 <= v <= 1.0):
+            raise ValueError(f"{name} must be a cosine margin in [-1, 1], got {v!r}")
 
 
 @register("threshold_consistent_margin_loss", family="metric", reference=TCM_PAPER, seed=TCM_SEED,
-          example=_labelled(margin_plus=0.5, margin_minus=-0.2), input_kind="embeddings", batch_level=True,
-          regularizer=True)
+          example=_labelled(margin_plus=0.5, margin_minus=-0.2, mean_rule=_tcm_mean_rule), input_kind="embeddings",
+          regularizer=True, tags=("metric learning", "open-world", "threshold consistency", "regularizer", "retrieval"))
+@hyperparameter_checks(_check_tcm)
 def threshold_consistent_margin_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -508,33 +700,37 @@ def threshold_consistent_margin_loss(
     lambda_minus: float = 1.0,
     margin_plus: float = 0.9,
     margin_minus: float = 0.5,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Threshold-consistent margin (TCM) regularizer: penalize hard positive and hard negative pairs by cosine margins.
 
     With cosine similarities :math:`S`, positive pairs :math:`P` (same label, :math:`i \ne j`) and
-    negative pairs :math:`N`:
+    negative pairs :math:`N`, the hard pairs are :math:`H_+ = \{(i, j) \in P: S_{ij} \le m_+\}`
+    and :math:`H_- = \{(i, j) \in N: S_{ij} \ge m_-\}`, and
 
     .. math::
-        \mathcal L = \lambda_+ \frac{\sum_{P} (m_+ - S_{ij})\,\mathbb 1[S_{ij} \le m_+]}{\sum_{P}\mathbb 1[S_{ij} \le m_+]}
-                   + \lambda_- \frac{\sum_{N} (S_{ij} - m_-)\,\mathbb 1[S_{ij} \ge m_-]}{\sum_{N}\mathbb 1[S_{ij} \ge m_-]},
+        \mathcal L = \frac{\lambda_+}{|H_+|}\sum_{H_+} (m_+ - S_{ij})
+                   + \frac{\lambda_-}{|H_-|}\sum_{H_-} (S_{ij} - m_-),
 
-    each fraction 0 when its set of hard pairs is empty. It is added to a base loss (the
-    paper uses it with e.g. a softmax or pair loss). Pairs are ordered (each unordered pair
-    counts twice), as in pytorch-metric-learning's ``ThresholdConsistentMarginLoss``, whose
-    defaults (:math:`\lambda_\pm = 1`, :math:`m_+ = 0.9`, :math:`m_- = 0.5`) are used and whose value
-    this equals. ``"none"`` returns each anchor's :math:`\lambda`-weighted sums of hard-pair
-    terms (``"sum"`` their total); ``"mean"`` is :math:`\mathcal L` above.
+    each fraction 0 when its set is empty. It is added to a base loss (the paper uses it with
+    e.g. a softmax or pair loss). Pairs are ordered (each unordered pair counts twice), as in
+    pytorch-metric-learning's ``ThresholdConsistentMarginLoss``, whose defaults
+    (:math:`\lambda_\pm = 1`, :math:`m_+ = 0.9`, :math:`m_- = 0.5`) are used and whose value this
+    equals. ``"none"`` returns the ``(N, N)`` matrix of pair terms (:math:`\lambda_+(m_+ - S_{ij})`
+    on :math:`H_+`, :math:`\lambda_-(S_{ij} - m_-)` on :math:`H_-`, 0 elsewhere) and ``"sum"`` its
+    total; ``"mean"`` is :math:`\mathcal L`, the average over :math:`H_+` plus the average over
+    :math:`H_-` (not ``none.mean()``). A pair whose similarity is NaN counts as hard, so a NaN
+    embedding gives a NaN loss.
 
     Args:
         embeddings: ``(N, D)`` (cosine similarity: normalized inside).
         labels: ``(N,)`` integer labels.
         lambda_plus, lambda_minus: weights :math:`\lambda_\pm \ge 0`.
         margin_plus, margin_minus: cosine margins :math:`m_+, m_-` in :math:`[-1, 1]`.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        reduction: ``"mean"`` (:math:`\mathcal L`), ``"sum"`` or ``"none"`` (the ``(N, N)`` pair terms).
 
     Shape:
-        embeddings ``(N, D)``, labels ``(N,)``; output ``(N,)`` for ``"none"``, else a scalar.
+        embeddings ``(N, D)``, labels ``(N,)``; output ``(N, N)`` for ``"none"``, else a scalar.
 
     Example:
         >>> import torch
@@ -547,22 +743,21 @@ def threshold_consistent_margin_loss(
         Zhang, Xu, Tang, Fang, Wu, Tighe, Xing, "Threshold-Consistent Margin Loss for Open-World
         Deep Metric Learning", ICLR 2024, https://arxiv.org/abs/2307.04047.
     """
-    check_nonnegative(lambda_plus, "lambda_plus")
-    check_nonnegative(lambda_minus, "lambda_minus")
-    for v, name in ((margin_plus, "margin_plus"), (margin_minus, "margin_minus")):
-        if not (isinstance(v, (int, float)) and -1.0 <= v <= 1.0):
-            raise ValueError(f"{name} must be a cosine margin in [-1, 1], got {v!r}")
+    _check_tcm(lambda_plus=lambda_plus, lambda_minus=lambda_minus, margin_plus=margin_plus, margin_minus=margin_minus)
     e = _embeddings(embeddings, "embeddings", compute_dtype(embeddings), True)
     _check_labels(embeddings, labels)
     s = e @ e.T
     pos, neg = _pair_masks(labels)
     _warn_no_positive("threshold_consistent_margin_loss", pos)
     zero = torch.zeros((), dtype=s.dtype, device=s.device)
-    hard_pos = pos & (s <= margin_plus)
-    hard_neg = neg & (s >= margin_minus)
-    lp = lambda_plus * torch.where(hard_pos, margin_plus - s, zero).sum(1)
-    ln = lambda_minus * torch.where(hard_neg, s - margin_minus, zero).sum(1)
-    return _two_term_reduce(lp, hard_pos.sum(1).to(s.dtype), ln, hard_neg.sum(1).to(s.dtype), reduction)
+    # "not easy" rather than "hard": a NaN similarity fails every comparison and is kept.
+    hard_pos = pos & ~(s > margin_plus)
+    hard_neg = neg & ~(s < margin_minus)
+    lp = lambda_plus * torch.where(hard_pos, margin_plus - s, zero)
+    ln = lambda_minus * torch.where(hard_neg, s - margin_minus, zero)
+    if reduction != "mean":
+        return reduce(lp + ln, reduction)
+    return _two_set_mean(lp, hard_pos.to(s.dtype), ln, hard_neg.to(s.dtype))
 
 
 # ----------------------------------------------------------------------------- few-shot
@@ -577,11 +772,25 @@ def _few_shot_example(margin: float = 0.5) -> Example:
         query = randn(gen, 5, 4)
         return (support, torch.tensor([0, 0, 1, 1, 2, 2]), query, torch.tensor([0, 1, 2])), {"margin": margin}
 
-    return Example(make=make, mismatch=mismatch, logits=(0, 2), grad=(0, 2))
+    def unsorted_sqeuclidean(gen):
+        support = randn(gen, 7, 4)
+        query = randn(gen, 4, 4)
+        return ((support, torch.tensor([5, 2, 5, 9, 2, 9, 9]), query, torch.tensor([9, 2, 5, 9])),
+                {"margin": margin, "distance": "sqeuclidean"})
+
+    return Example(make=make, mismatch=mismatch, mismatch_match="query_labels", extreme=None, grad=(0, 2),
+                   variants=(unsorted_sqeuclidean,))
+
+
+def _check_proto_triplet(*, margin, distance, **_) -> None:
+    check_nonnegative(margin, "margin")
+    _check_distance(distance)
 
 
 @register("proto_triplet_loss", family="metric", reference=SUSANA_PAPER, seed=SUSANA_SEED,
-          example=_few_shot_example(), input_kind="embeddings", batch_level=True)
+          example=_few_shot_example(), input_kind="embeddings",
+          tags=("few-shot", "prototypical networks", "metric learning", "episodes", "class separability"))
+@hyperparameter_checks(_check_proto_triplet)
 def proto_triplet_loss(
     support: torch.Tensor,
     support_labels: torch.Tensor,
@@ -590,7 +799,7 @@ def proto_triplet_loss(
     *,
     margin: float = 0.5,
     distance: Distance = "euclidean",
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Proto-triplet loss for few-shot episodes: each query against its class prototype and the nearest other one.
 
@@ -604,7 +813,9 @@ def proto_triplet_loss(
     features). The authors' code takes the euclidean distance as
     :math:`\sqrt{\|q - c\|^2 + 10^{-6}}`; this function uses the exact distance (an option of
     :func:`pairwise_distance`; pass a callable to reproduce the offset). Every query label must
-    be a support class and the support must have at least 2 classes.
+    be a support class and the support must have at least 2 classes (checked while validation
+    is on). ``"none"`` returns :math:`\ell_q` per query and ``"mean"`` their plain mean.
+    Labels need not be sorted or contiguous; no ``torch.unique`` (so ``torch.compile`` keeps one graph).
 
     Args:
         support: ``(S, D)`` support embeddings.
@@ -612,7 +823,8 @@ def proto_triplet_loss(
         query: ``(Q, D)`` query embeddings.
         query_labels: ``(Q,)`` integer classes (each present in ``support_labels``).
         margin: :math:`m \ge 0` (0.5 in the authors' code).
-        distance: see :func:`pairwise_distance`.
+        distance: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"``, ``"dot"`` or a callable;
+            see :func:`pairwise_distance`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per query).
 
     Shape:
@@ -631,7 +843,7 @@ def proto_triplet_loss(
         metric learning via two novel distance-based loss functions for few-shot image
         classification", 2023, https://arxiv.org/abs/2305.09062.
     """
-    check_nonnegative(margin, "margin")
+    _check_proto_triplet(margin=margin, distance=distance)
     dtype = compute_dtype(support, query)
     s = _embeddings(support, "support", dtype, False)
     q = _embeddings(query, "query", dtype, False)
@@ -639,19 +851,23 @@ def proto_triplet_loss(
     _check_labels(query, query_labels, "query_labels", "query")
     if s.shape[1] != q.shape[1]:
         raise ValueError(f"support and query must have the same embedding size, got {tuple(s.shape)} and {tuple(q.shape)}")
-    classes, inverse = torch.unique(support_labels, return_inverse=True)
-    k = classes.shape[0]
-    if k < 2:
-        raise ValueError(f"proto_triplet_loss needs at least 2 support classes, got {k}")
-    counts = torch.bincount(inverse, minlength=k).to(dtype)
-    protos = torch.zeros((k, s.shape[1]), dtype=dtype, device=s.device).index_add(0, inverse, s) / counts[:, None]
-    # Position of each query's class among the sorted support classes.
-    where = torch.searchsorted(classes, query_labels).clamp_max(k - 1)
-    if validation_enabled() and q.shape[0] > 0 and not bool((classes[where] == query_labels).all()):
-        bad = query_labels[classes[where] != query_labels][0]
-        raise ValueError(f"query_labels has class {int(bad)} that no support embedding has")
-    d = pairwise_distance(q, protos, distance)
-    own = d.gather(1, where[:, None]).squeeze(1)
-    inf = torch.tensor(float("inf"), dtype=dtype, device=d.device)
-    other = torch.where(torch.arange(k, device=d.device) == where[:, None], inf, d).amin(1)
-    return reduce(torch.relu(own - other + margin), reduction)
+    same_class = support_labels[:, None] == support_labels[None, :]  # (S, S)
+    # Each class is represented by its first support row: prototype j = mean of the rows of j's class.
+    first = ~torch.tril(same_class, diagonal=-1).any(1)  # (S,)
+    own = query_labels[:, None] == support_labels[None, :]  # (Q, S)
+    if validation_enabled():
+        if q.shape[0] > 0 and not bool(own.any(1).all()):
+            bad = query_labels[~own.any(1)][0]
+            raise ValueError(f"query_labels has class {int(bad)} that no support embedding has")
+        if int(first.sum()) < 2:
+            raise ValueError(f"proto_triplet_loss needs at least 2 support classes, got {int(first.sum())}")
+    # One prototype per support row (rows of a class share it); only each class's first row
+    # is compared with the queries. Boolean indexing by `first` would give a data-dependent
+    # shape (a graph break under torch.compile); masking keeps every shape static.
+    members = same_class.to(dtype)  # (S, S): row j selects the rows of j's class
+    protos = (members @ s) / members.sum(1, keepdim=True)  # (S, D)
+    d = pairwise_distance(q, protos, distance)  # (Q, S)
+    inf = torch.tensor(float("inf"), dtype=d.dtype, device=d.device)
+    own_d = torch.where(own & first, d, -inf).amax(1)  # exactly one own prototype per (valid) query
+    other_d = torch.where(~own & first, d, inf).amin(1)  # amin propagates NaN (NaN rule)
+    return reduce(torch.relu(own_d - other_d + margin), reduction)

@@ -15,18 +15,21 @@ set-level objectives, e.g. :func:`mmd` or :func:`uniformity`).
 """
 from __future__ import annotations
 
+from typing import Callable, Literal, Union
+
 import torch
 
-from .._checks import check_choice, validation_enabled
+from .._checks import check_choice, hyperparameter_checks, validation_enabled
 from .._numerics import compute_dtype
 from ..registry import Example, register
 from ._examples import randint, randn
-from .metric import SUSANA_PAPER, SUSANA_SEED, Distance, _check_labels, _embeddings, pairwise_distance
+from .metric import SUSANA_PAPER, SUSANA_SEED, _check_labels, _embeddings, pairwise_distance
 
 __all__ = ["icnn_score", "icnn_loss"]
 
 # "dot" (-<x, y>) can be negative: the ICNN ratios assume distances >= 0.
-ICNN_DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+ICNN_DISTANCES = ("euclidean", "sqeuclidean", "cosine")
+ICNNDistance = Union[Literal["euclidean", "sqeuclidean", "cosine"], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
 
 def _check_int(value: object, name: str, low: int) -> None:
@@ -34,15 +37,19 @@ def _check_int(value: object, name: str, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-def _icnn_terms(
-    embeddings: torch.Tensor, labels: torch.Tensor, k: int, neighbours: int | None, distance: Distance
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(lambda_intra, lambda_inter, gamma)`` of one labelled set (see :func:`icnn_loss`)."""
+def _check_icnn(*, k, neighbours, distance, **_) -> None:
     _check_int(k, "k", 1)
     if neighbours is not None:
-        _check_int(neighbours, "neighbours", 1)
+        _check_int(neighbours, "neighbours", 1)  # [k, N - 1] is checked with N known
     if not callable(distance):
         check_choice(distance, "distance", ICNN_DISTANCES)
+
+
+def _icnn_terms(
+    embeddings: torch.Tensor, labels: torch.Tensor, k: int, neighbours: int | None, distance: ICNNDistance
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(lambda_intra, lambda_inter, gamma, nan_guard)`` of one labelled set (see :func:`icnn_loss`)."""
+    _check_icnn(k=k, neighbours=neighbours, distance=distance)
     x = _embeddings(embeddings, "embeddings", compute_dtype(embeddings), False)
     _check_labels(embeddings, labels)
     n = x.shape[0]
@@ -89,7 +96,13 @@ def _icnn_terms(
     lam_inter = torch.where(anchors_o > 0, per_anchor_o.sum() / anchors_o.clamp_min(1), 1.0)
 
     gamma = torch.ones((), dtype=d.dtype, device=d.device) if clamped else (n_same / k).mean()
-    return lam_intra, lam_inter, gamma
+    # NaN rule: the nearest-neighbour selection (topk) ranks NaN distances last and would drop a
+    # NaN embedding. Its self-distance d_ii is NaN for every built-in distance, so adding the
+    # NaN self-distances (0 otherwise, also for a callable that puts inf on the diagonal) to the
+    # score propagates it at O(N) cost.
+    diag = d.diagonal()
+    nan_guard = torch.where(torch.isnan(diag), diag, zero).sum()
+    return lam_intra, lam_inter, gamma, nan_guard
 
 
 def icnn_score(
@@ -98,7 +111,7 @@ def icnn_score(
     *,
     k: int = 4,
     neighbours: int | None = None,
-    distance: Distance = "euclidean",
+    distance: ICNNDistance = "euclidean",
 ) -> torch.Tensor:
     r"""The ICNN (intra/inter-class nearest neighbours) score of a labelled set, in :math:`(0, 1]`.
 
@@ -108,10 +121,10 @@ def icnn_score(
     neighbours far, and many same-class neighbours among the ``k`` nearest.
 
     Returns:
-        a scalar (float32 for half/bfloat16 input).
+        a scalar (float32 for half/bfloat16 input); NaN if an embedding is NaN.
     """
-    lam_intra, lam_inter, gamma = _icnn_terms(embeddings, labels, k, neighbours, distance)
-    return ((lam_intra + lam_inter) / 2 + gamma) / 2
+    lam_intra, lam_inter, gamma, nan_guard = _icnn_terms(embeddings, labels, k, neighbours, distance)
+    return ((lam_intra + lam_inter) / 2 + gamma) / 2 + nan_guard
 
 
 def _icnn_example(k: int = 2, neighbours: int | None = 3) -> Example:
@@ -123,18 +136,20 @@ def _icnn_example(k: int = 2, neighbours: int | None = 3) -> Example:
     def mismatch(gen):
         return (randn(gen, 9, 4), randint(gen, 3, 7)), {"k": k, "neighbours": neighbours}
 
-    return Example(make=make, mismatch=mismatch, logits=(0,), grad=(0,))
+    return Example(make=make, mismatch=mismatch, mismatch_match="labels", extreme=None, grad=(0,))
 
 
 @register("icnn_loss", family="metric", reference=SUSANA_PAPER, seed=SUSANA_SEED,
-          example=_icnn_example(), input_kind="embeddings", batch_level=True)
+          example=_icnn_example(), input_kind="embeddings", batch_level=True,
+          tags=("few-shot", "nearest neighbours", "class separability", "metric learning", "episodes"))
+@hyperparameter_checks(_check_icnn)
 def icnn_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     *,
     k: int = 4,
     neighbours: int | None = None,
-    distance: Distance = "euclidean",
+    distance: ICNNDistance = "euclidean",
 ) -> torch.Tensor:
     r"""ICNN loss: :math:`-\log` of the intra/inter-class nearest-neighbour score of one labelled episode.
 
@@ -174,6 +189,8 @@ def icnn_loss(
     variant (queries scored against support or prototypes) is not provided: there the code
     drops each query's nearest support point as if it were the query itself.
 
+    A NaN embedding gives a NaN loss (the neighbour search alone would rank it last and drop it).
+
     One value per episode: the score is not a sum of per-sample terms, so there is no
     ``reduction`` (call once per episode and average). Memory is one ``N x N`` distance matrix.
 
@@ -184,7 +201,7 @@ def icnn_loss(
         neighbours: :math:`m \ge k`, how many nearest neighbours are searched for the nearest
             other class; ``None`` means ``k + 1`` (the authors' default; their full-episode
             variant uses ``shot + query``). At most ``N - 1``.
-        distance: ``"euclidean"`` (default), ``"squared_euclidean"``, ``"cosine"`` or a callable
+        distance: ``"euclidean"`` (default), ``"sqeuclidean"``, ``"cosine"`` or a callable
             returning a non-negative ``(N, N)`` matrix; see :func:`pairwise_distance`.
 
     Shape:

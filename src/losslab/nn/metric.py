@@ -21,7 +21,11 @@ class MultiSimilarityLoss(FunctionalLoss, function=F.multi_similarity_loss):
 
 @register_module("triplet_margin_loss")
 class TripletMarginLoss(FunctionalLoss, function=F.triplet_margin_loss):
-    """Module form of :func:`losslab.functional.triplet_margin_loss` (``triplets`` is a forward-time choice: use the function)."""
+    """Module form of :func:`losslab.functional.triplet_margin_loss`.
+
+    Mined ``triplets`` change per batch: pass them to ``forward``, e.g.
+    ``loss_fn(embeddings, labels, triplets=(a, p, n))``.
+    """
 
 
 @register_module("contrastive_pair_loss")

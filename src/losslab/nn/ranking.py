@@ -20,4 +20,4 @@ class PairwiseAUCLoss(FunctionalLoss, function=F.pairwise_auc_loss):
 
 @register_module("pairwise_ranking_loss")
 class PairwiseRankingLoss(FunctionalLoss, function=F.pairwise_ranking_loss):
-    """Module form of :func:`losslab.functional.pairwise_ranking_loss`."""
+    """Module form of :func:`losslab.functional.pairwise_ranking_loss` (``mask`` is a ``forward`` argument)."""
