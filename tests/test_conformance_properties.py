@@ -27,6 +27,7 @@ def _class_target_objectives() -> list[str]:
         params = list(inspect.signature(info.function).parameters.values())
         if len(params) >= 2 and params[0].name == "logits" and params[1].name == "target" \
                 and params[1].default is inspect.Parameter.empty and info.supports_reduction \
+                and not any(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params[2:]) \
                 and info.properties.get("input_kind") == "logits" and info.example is not None:
             out.append(name)
     return out
@@ -71,9 +72,16 @@ def _batches(draw, accepts_weight: bool, accepts_ignore: bool):
 def test_drawn_batches_keep_the_contract(name, data):
     info = losslab.info(name)
     params = inspect.signature(info.function).parameters
-    _, base_kwargs = info.example.make(torch.Generator().manual_seed(0))
-    base_kwargs = {k: v for k, v in base_kwargs.items() if k != "weight"}
+    (logits0, *_), base_kwargs = info.example.make(torch.Generator().manual_seed(0))
     logits, target, extra = data.draw(_batches("weight" in params, "ignore_index" in params))
+    c0, c = logits0.shape[-1], logits.shape[-1]
+    # Per-class constants of the example (a prior) are redrawn for the drawn class count:
+    # positive and normalized, so they are valid for any objective that takes one.
+    base_kwargs = {
+        k: (torch.linspace(1.0, 2.0, c, dtype=v.dtype) / torch.linspace(1.0, 2.0, c, dtype=v.dtype).sum()
+            if isinstance(v, torch.Tensor) and v.shape == (c0,) else v)
+        for k, v in base_kwargs.items() if k != "weight"
+    }
     if info.properties.get("neg_inf_unsupported") and torch.isinf(logits).any():
         return
     kwargs = {**base_kwargs, **extra}

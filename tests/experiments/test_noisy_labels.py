@@ -1,5 +1,10 @@
-"""noisy-labels experiment pieces: bundled data, label noise, the objective table, the stateful contract."""
+"""noisy-labels experiment pieces: bundled data, label noise, the objective table, the stateful contract.
+
+Only the tests that load a dataset need scikit-learn, and only the figure needs matplotlib:
+each skips on its own, so the rest runs with the base install.
+"""
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -10,11 +15,9 @@ from losslab.data.sklearn_sets import NUM_CLASSES, corrupt_labels, load, max_noi
 from losslab.experiments import ExperimentError
 from losslab.experiments import noisy_labels as nl
 
-pytest.importorskip("sklearn")
-
-
 @pytest.fixture(scope="module")
 def digits():
+    pytest.importorskip("sklearn")
     return load("digits")
 
 
@@ -161,3 +164,53 @@ def test_aldr_kl_state_is_updated_during_training(digits, monkeypatch):
     # Every sample was visited once, so every per-sample lambda moved off its initial lam0 = 10.
     (buf,) = [b for b in lam.values() if b.shape == (digits.x_train.shape[0],)]
     assert torch.all(buf < 10.0)
+
+
+def _fake_runs(out, labels, seeds, config, epochs=3):
+    """Per-run files as run() writes them, with hand-chosen accuracies."""
+    for j, label in enumerate(labels):
+        for seed in range(seeds):
+            acc = [0.5 + 0.1 * e + 0.01 * j + 0.001 * seed for e in range(epochs)]
+            (out / "runs").mkdir(parents=True, exist_ok=True)
+            (out / "runs" / f"{label}-seed{seed}.json").write_text(json.dumps({
+                "test_accuracy": acc, "train_loss": [1.0] * epochs, "objective": label, "registered": label,
+                "hyperparameters": {}, "seed": seed, "config": config, "observed_noise": 0.4}))
+
+
+def test_summarize_writes_results_without_needing_matplotlib(tmp_path, monkeypatch):
+    """The table, results.json and results.csv come from the run files; the figure is optional."""
+    config = {"epochs": 3, "dataset": "digits", "noise_type": "symmetric", "noise": 0.4}
+    _fake_runs(tmp_path, ["ce", "gce"], 2, config)
+    monkeypatch.setattr(nl, "_plot", lambda *a: False)  # as without matplotlib
+    rows = nl.summarize(tmp_path, [("ce", "ce", {}), ("gce", "gce", {})], 2, config)
+    assert [r["objective"] for r in rows] == ["ce", "gce"]
+    # final epoch 0.5 + 0.2 + 0.01 j + 0.001 seed: mean over seeds 0, 1 adds 0.0005
+    assert rows[1]["final_test_accuracy_mean"] == pytest.approx(0.7105)
+    assert rows[0]["final_test_accuracy_std"] == pytest.approx(np.std([0.7, 0.701], ddof=1))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["curves"]["gce"] == pytest.approx([0.5105, 0.6105, 0.7105])
+    assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("objective,registered")
+    assert not (tmp_path / "accuracy.png").exists()
+    assert "gce" in nl.format_table(rows, config)
+
+
+def test_plot_is_a_png_when_matplotlib_is_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    config = {"epochs": 3, "dataset": "digits", "noise_type": "symmetric", "noise": 0.4}
+    assert nl._plot(tmp_path, {"ce": [0.5, 0.6, 0.7]}, config) is True
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert nl._plot(tmp_path, {"ce": [0.5]}, {"dataset": "digits", "noise_type": "symmetric", "noise": 0.4}) is False
+    assert not (tmp_path / "accuracy.png").exists()

@@ -1,12 +1,16 @@
-"""Classification objectives against torch, explicit loops over the papers' formulas, and identities."""
+"""Classification objectives against torch, explicit loops over the papers' formulas, and identities.
+
+The last sections hold the family-wide rules: integer targets of any dtype, the error
+messages for float class indices and torch's (N, C, L) layout, the non-finite-input rule,
+hyperparameters checked when a Module is built, and the search tags. LDR-KL/ALDR-KL and
+AnyLoss/EnsLoss/normalized softmax have their own files; stateful Modules are in
+tests/nn/test_stateful_classification.py.
+"""
 import math
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -467,242 +471,287 @@ def test_logit_adjusted_is_ce_on_adjusted_logits():
         LF.logit_adjusted_cross_entropy(x, t, prior=prior, tau=-1.0)
 
 
-def _status_loop(status, probs, target, floor):
-    c = len(status)
-    new = []
-    for k in range(c):
-        vals = [probs[i][k] for i in range(len(target)) if target[i] == k]
-        new.append(sum(vals) / len(vals) if vals else status[k])
-    m = max(new)
-    return [max(v / m, floor) for v in new]
+# --------------------------------------------------------------------------- family-wide: integer targets
+PRIOR = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=F64)
+
+#: Every classification objective on (logits (N, C), class indices (N,)) with ignore_index,
+#: called with hyperparameters that exercise its options.
+LOGIT_OBJECTIVES = {
+    "cross_entropy": lambda x, t, **kw: LF.cross_entropy(x, t, label_smoothing=0.1, z_loss=1e-3, **kw),
+    "z_loss": lambda x, t, **kw: LF.z_loss(x, t, **kw),
+    "focal_loss": lambda x, t, **kw: LF.focal_loss(x, t, gamma=2.0, **kw),
+    "spherical_z_loss": lambda x, t, **kw: LF.spherical_z_loss(x, t, **kw),
+    "logit_adjusted_cross_entropy": lambda x, t, **kw: LF.logit_adjusted_cross_entropy(
+        x, t, prior=PRIOR[: x.shape[-1]].to(x.dtype), **kw),
+    "comp_sum_loss": lambda x, t, **kw: LF.comp_sum_loss(x, t, tau=1.5, **kw),
+    "generalized_cross_entropy": lambda x, t, **kw: LF.generalized_cross_entropy(x, t, **kw),
+    "ldr_kl_loss": lambda x, t, **kw: LF.ldr_kl_loss(x, t, **kw),
+    "aldr_kl_loss": lambda x, t, **kw: LF.aldr_kl_loss(x, t, torch.full(x.shape[:-1], 5.0, dtype=x.dtype), **kw),
+}
+#: The other classification objectives, each with its own target convention.
+OTHER_OBJECTIVES = {
+    # labels index the rows of the proxies (C = 5 of them).
+    "normalized_softmax_loss": lambda x, t, **kw: LF.normalized_softmax_loss(
+        x, t, torch.linspace(-1, 1, 5 * x.shape[-1], dtype=x.dtype).reshape(5, -1).sin(), **kw),
+    "anyloss": lambda x, t, **kw: LF.anyloss(torch.softmax(x, -1), t, metric="f1", **kw),  # multi-class
+    "ensloss": lambda x, t, **kw: LF.ensloss(x[:, 0], t.clamp_max(1), seed=0, **kw),  # binary 0/1
+}
+INT_DTYPES = [torch.int32, torch.int16, torch.uint8, torch.int8]
 
 
-def test_adaptive_logit_adjusted_update_rule_against_loop():
-    crit = LN.AdaptiveLogitAdjustedLoss(4, class_counts=torch.tensor([80, 40, 20, 10]))
-    torch.testing.assert_close(crit.status, torch.tensor([1.0, 0.5, 0.25, 0.125]))
-    g = torch.Generator().manual_seed(13)
-    status = crit.status.tolist()
-    for epoch in range(3):
-        probs = torch.softmax(torch.randn(12, 4, generator=g) * 2, -1)
-        target = torch.randint(0, 3, (12,), generator=g)  # class 3 never appears: keeps its value
-        crit.update(probs, target)
-        status = _status_loop(status, probs.double().tolist(), target.tolist(), 1e-4)
-        np.testing.assert_allclose(crit.status.numpy(), status, rtol=1e-6)
-        assert crit.status.max().item() == 1.0
-    x, t = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, -100, 1])
-    torch.testing.assert_close(crit(x, t), LF.logit_adjusted_cross_entropy(x, t, prior=crit.status))
-    none = LN.AdaptiveLogitAdjustedLoss(4, tau=0.5, reduction="none")
-    torch.testing.assert_close(none(x, t), LF.cross_entropy(x, t, reduction="none"))  # all-ones status: plain CE
-    # floor: a class predicted with probability 0 keeps log b finite
-    crit.update(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), torch.tensor([0, 1]))
-    assert crit.status[1].item() == pytest.approx(1e-4)
-    assert torch.isfinite(crit(x, t))
+def test_every_classification_objective_is_covered_by_the_family_wide_tests():
+    assert set(LOGIT_OBJECTIVES) | set(OTHER_OBJECTIVES) == set(losslab.list_losses(family="classification"))
 
 
-def test_adaptive_logit_adjusted_state_dict_round_trip_continues_identically():
-    g = torch.Generator().manual_seed(14)
-    a = LN.AdaptiveLogitAdjustedLoss(3, class_counts=torch.tensor([5.0, 3.0, 1.0]), tau=1.5)
-    a.update(torch.softmax(torch.randn(9, 3, generator=g), -1), torch.randint(0, 3, (9,), generator=g))
-    b = LN.AdaptiveLogitAdjustedLoss(3, tau=1.5)
-    b.load_state_dict(a.state_dict())
-    assert "status" in a.state_dict()
-    for _ in range(2):
-        x, t = torch.randn(5, 3, generator=g), torch.randint(0, 3, (5,), generator=g)
-        assert torch.equal(a(x, t), b(x, t))
-        probs, vt = torch.softmax(torch.randn(9, 3, generator=g), -1), torch.randint(0, 3, (9,), generator=g)
-        a.update(probs, vt)
-        b.update(probs, vt)
-        assert torch.equal(a.status, b.status)
-    b.set_class_counts(torch.tensor([2.0, 4.0, 1.0]))
-    torch.testing.assert_close(b.status, torch.tensor([0.5, 1.0, 0.25]))
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("name", [*LOGIT_OBJECTIVES, *OTHER_OBJECTIVES])
+def test_integer_target_of_any_dtype_gives_the_int64_result(name, dtype):
+    """Regression: cross_entropy and logit_adjusted_cross_entropy crashed on int32 targets with a raw aten
+    error (nll_loss), the gather-based losses on uint8/int16. Every objective now converts once."""
+    fn = {**LOGIT_OBJECTIVES, **OTHER_OBJECTIVES}[name]
+    x, t, _ = _data(n=8, c=5, seed=21, ignore=False)
+    for reduction in ("mean", "none") if name != "anyloss" else ((),):
+        kw = {} if name == "anyloss" else {"reduction": reduction}
+        ref = fn(x, t, **kw)
+        torch.testing.assert_close(fn(x, t.to(dtype), **kw), ref, rtol=0, atol=0)
 
 
-def test_adaptive_logit_adjusted_bad_input():
-    with pytest.raises(ValueError, match="num_classes"):
-        LN.AdaptiveLogitAdjustedLoss(1)
-    with pytest.raises(ValueError, match="class_counts"):
-        LN.AdaptiveLogitAdjustedLoss(3, class_counts=torch.tensor([1.0, 2.0]))
-    with pytest.raises(ValueError, match="class_counts"):
-        LN.AdaptiveLogitAdjustedLoss(3, class_counts=torch.tensor([1.0, -2.0, 1.0]))
-    with pytest.raises(ValueError, match="reduction"):
-        LN.AdaptiveLogitAdjustedLoss(3, reduction="avg")
-    crit = LN.AdaptiveLogitAdjustedLoss(3)
-    with pytest.raises(ValueError, match=r"probs must have shape \(N, 3\)"):
-        crit.update(torch.rand(4, 2), torch.tensor([0, 1, 0, 1]))
-    with pytest.raises(ValueError, match="class index 3"):
-        crit.update(torch.full((2, 3), 1 / 3), torch.tensor([0, 3]))
-    with pytest.raises(ValueError, match="target must have shape"):
-        crit.update(torch.full((2, 3), 1 / 3), torch.tensor([0]))
+@pytest.mark.parametrize("name", [n for n in LOGIT_OBJECTIVES if n != "z_loss"])
+def test_int32_target_with_ignore_index_and_gradients(name):
+    fn = LOGIT_OBJECTIVES[name]
+    x, t, _ = _data(n=9, c=5, seed=22)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    fn(a, t).backward()
+    fn(b, t.to(torch.int32)).backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_out_of_range_index_in_a_small_integer_dtype_is_reported():
+    x = torch.randn(3, 5)
+    with pytest.raises(ValueError, match=r"class index 200 outside \[0, 5\)"):
+        LF.focal_loss(x, torch.tensor([0, 200, 1], dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"class index 7 outside \[0, 5\) or ignore_index=-100"):
+        LF.cross_entropy(x, torch.tensor([0, 7, -100], dtype=torch.int16))
+    with pytest.raises(TypeError, match="target must be an integer tensor"):
+        LF.generalized_cross_entropy(x, torch.tensor([True, False, True]))
 
 
-def _adaptive_rank(rank, world, port, probs, target, sizes, out):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        crit = LN.AdaptiveLogitAdjustedLoss(3, class_counts=torch.tensor([3.0, 2.0, 1.0]))
-        lo = sum(sizes[:rank])
-        crit.update(probs[lo:lo + sizes[rank]], target[lo:lo + sizes[rank]])
-        out[rank] = crit.status.clone()
-    finally:
-        dist.destroy_process_group()
+# --------------------------------------------------------------------------- family-wide: error messages
+FLOAT_INDEX_MESSAGE = r"class indices must be integers \(got dtype torch.float\d+\); probability targets have the"
 
 
-def test_adaptive_logit_adjusted_update_identical_across_ranks():
-    """2 gloo ranks with uneven validation shards (5 + 2) end with the single-process status."""
-    g = torch.Generator().manual_seed(15)
-    probs = torch.softmax(torch.randn(7, 3, generator=g), -1)
-    target = torch.tensor([0, 0, 1, 0, 1, 1, 0])  # class 2 absent everywhere, class 1 split over ranks
-    single = LN.AdaptiveLogitAdjustedLoss(3, class_counts=torch.tensor([3.0, 2.0, 1.0]))
-    single.update(probs, target)
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(_adaptive_rank, args=(2, _free_port(), probs, target, [5, 2], out), nprocs=2, join=True,
-                           start_method="spawn")
-        states = [out[0], out[1]]
-    assert torch.equal(states[0], states[1])
-    torch.testing.assert_close(states[0], single.status, rtol=0, atol=1e-7)
+@pytest.mark.parametrize("name", list(LOGIT_OBJECTIVES))
+def test_float_class_indices_get_the_integer_message(name):
+    x, t, _ = _data(n=6, c=5, seed=23, ignore=False)
+    with pytest.raises(TypeError, match=FLOAT_INDEX_MESSAGE + r" logits' shape \(6, 5\)"):
+        LOGIT_OBJECTIVES[name](x, t.double())
 
 
-# --------------------------------------------------------------------------- LDR-KL / ALDR-KL
-def _ldr_loop(x, t, lam, margin):
-    out = []
-    for row, y in zip(x.tolist(), t.tolist()):
-        d = [(margin if k != y else 0.0) + row[k] - row[y] for k in range(len(row))]
-        out.append(lam * math.log(sum(math.exp(v / lam) for v in d) / len(d)))
-    return out
+def test_float_labels_of_the_other_objectives_get_the_integer_message():
+    x, t, _ = _data(n=6, c=5, seed=24, ignore=False)
+    with pytest.raises(TypeError, match=r"labels: class indices must be integers .*embeddings @ proxies.T"):
+        OTHER_OBJECTIVES["normalized_softmax_loss"](x, t.double())
+    with pytest.raises(TypeError, match=FLOAT_INDEX_MESSAGE + r" probs' shape \(6, 5\)"):
+        LF.anyloss(torch.softmax(x, -1), t.double())
+    with pytest.raises(TypeError, match=r"target: binary labels must be integers 0/1 \(got dtype torch.float64\)"):
+        LF.anyloss(torch.sigmoid(x[:, 0]), (t % 2).double())
+    with pytest.raises(TypeError, match=r"target: binary labels must be integers 0/1 \(got dtype torch.float32\)"):
+        LF.ensloss(x[:, 0], torch.ones(6))
 
 
-@pytest.mark.parametrize("lam,margin", [(1.0, 1.0), (0.3, 0.5), (10.0, 2.0)])
-def test_ldr_kl_matches_loop(lam, margin):
-    x, t, _ = _data(seed=8, ignore=False)
-    np.testing.assert_allclose(LF.ldr_kl_loss(x, t, lam=lam, margin=margin, reduction="none").numpy(),
-                               _ldr_loop(x, t, lam, margin), rtol=1e-10)
+@pytest.mark.parametrize("name", [n for n in LOGIT_OBJECTIVES if n != "aldr_kl_loss"])
+def test_torch_class_second_layout_gets_the_class_last_hint(name):
+    """logits (N, C, L) with target (N, L), as torch's F.cross_entropy takes them: the message says what to do."""
+    g = torch.Generator().manual_seed(25)
+    x = torch.randn(2, 5, 7, generator=g, dtype=F64)
+    t = torch.randint(0, 5, (2, 7), generator=g)
+    with pytest.raises(ValueError, match=r"target must have shape \(2, 5\) .* got \(2, 7\); losslab puts the class "
+                                         r"dimension last .*logits.movedim\(1, -1\)"):
+        LOGIT_OBJECTIVES[name](x, t)
+    # ... and doing what it says gives the per-position loss.
+    out = LOGIT_OBJECTIVES[name](x.movedim(1, -1), t, reduction="none")
+    assert out.shape == (2, 7)
 
 
-def test_ldr_kl_limits():
-    x, t, _ = _data(seed=9, ignore=False)
-    d = x - x.gather(-1, t.unsqueeze(-1)) + 1.0
-    d = d.scatter(-1, t.unsqueeze(-1), 0.0)
-    torch.testing.assert_close(LF.ldr_kl_loss(x, t, lam=1e-4, reduction="none"), d.max(-1).values, rtol=0, atol=1e-3)
-    torch.testing.assert_close(LF.ldr_kl_loss(x, t, lam=1e6, reduction="none"), d.mean(-1), rtol=0, atol=1e-4)
+def test_aldr_rejects_torch_layout_with_the_logits_dimension_message():
+    with pytest.raises(ValueError, match="logits must have 2 dimensions"):
+        LF.aldr_kl_loss(torch.randn(2, 5, 7), torch.zeros(2, 7, dtype=torch.long), torch.ones(2))
 
 
-def test_ldr_kl_logit_transform_is_reference_rescaling():
-    x, t, _ = _data(seed=10, ignore=False)
-    scaled = x / x.abs().mean(-1, keepdim=True)
-    torch.testing.assert_close(LF.ldr_kl_loss(x, t, logit_transform="normalize"), LF.ldr_kl_loss(scaled, t))
-    sp = TF.softplus(x)
-    torch.testing.assert_close(LF.ldr_kl_loss(x, t, logit_transform="softplus_normalize"),
-                               LF.ldr_kl_loss(sp / sp.abs().mean(-1, keepdim=True), t))
-    with pytest.raises(ValueError, match="logit_transform"):
-        LF.ldr_kl_loss(x, t, logit_transform="l2")
+# --------------------------------------------------------------------------- family-wide: non-finite inputs
+#: +inf in a counted logit: NaN from the log-softmax (or the z-normalization); z_loss gives the
+#: exact +inf, LDR-KL +inf for a non-target class (the margin d_k = +inf) -- non-finite either way.
+NAN_FOR_INF = {"cross_entropy", "focal_loss", "spherical_z_loss", "logit_adjusted_cross_entropy", "comp_sum_loss",
+               "generalized_cross_entropy"}
 
 
-def _aldr_update_loop(x, lam, lam0, alpha):
-    out = []
-    for row, l in zip(x.tolist(), lam.tolist()):
-        k = len(row)
-        m = max(v / l for v in row)
-        z = sum(math.exp(v / l - m) for v in row)
-        p = [math.exp(v / l - m) / z for v in row]
-        kl = sum(pi * math.log(k * pi) for pi in p if pi > 0)
-        out.append(lam0 - lam0 * kl / (alpha * math.log(k)))
-    return out
+@pytest.mark.parametrize("name", list(LOGIT_OBJECTIVES))
+def test_nan_logit_of_a_kept_sample_gives_nan_and_an_ignored_one_does_not_count(name):
+    fn = LOGIT_OBJECTIVES[name]
+    x, t, _ = _data(n=6, c=5, seed=26, ignore=False)
+    t[1] = -100
+    bad = x.clone()
+    bad[0, (int(t[0]) + 1) % 5] = math.nan  # a non-target class of a kept sample
+    none = fn(bad, t, reduction="none")
+    assert torch.isnan(none[0]) and torch.isfinite(none[1:]).all()
+    assert torch.isnan(fn(bad, t)) and torch.isnan(fn(bad, t, reduction="sum"))
+    bad = x.clone()
+    bad[0, int(t[0])] = math.nan  # the target class
+    assert torch.isnan(fn(bad, t))
+    ignored = x.clone()
+    ignored[1] = math.nan  # the ignored sample's row: not part of the loss
+    torch.testing.assert_close(fn(ignored, t), fn(x, t), rtol=0, atol=0)
 
 
-def test_aldr_bad_alpha():
-    x, t, _ = _data(ignore=False)
-    with pytest.raises(ValueError, match="alpha"):
-        LF.aldr_kl_loss(x, t, torch.ones(11, dtype=F64), alpha=1.0)
+@pytest.mark.parametrize("name", list(LOGIT_OBJECTIVES))
+def test_plus_inf_logit_never_gives_a_finite_loss(name):
+    fn = LOGIT_OBJECTIVES[name]
+    x, t, _ = _data(n=6, c=5, seed=27, ignore=False)
+    for k in (int(t[0]), (int(t[0]) + 1) % 5):  # the target class, another class
+        bad = x.clone()
+        bad[0, k] = math.inf
+        none = fn(bad, t, reduction="none")
+        assert not torch.isfinite(none[0]) and torch.isfinite(none[1:]).all()
+        if name in NAN_FOR_INF:
+            assert torch.isnan(none[0])
 
 
-# --------------------------------------------------------------------------- AnyLoss
-def test_anyloss_equals_exact_metrics_on_hard_predictions():
-    metrics = pytest.importorskip("sklearn.metrics")
-    g = torch.Generator().manual_seed(13)
-    y = torch.randint(0, 2, (40,), generator=g)
-    pred = torch.randint(0, 2, (40,), generator=g)
-    p = pred.double()
-    yn, pn = y.numpy(), pred.numpy()
-    tpr = metrics.recall_score(yn, pn)
-    tnr = metrics.recall_score(1 - yn, 1 - pn)
-    exact = {
-        "accuracy": metrics.accuracy_score(yn, pn),
-        "f1": metrics.f1_score(yn, pn),
-        "fbeta": metrics.fbeta_score(yn, pn, beta=2.0),
-        "balanced_accuracy": metrics.balanced_accuracy_score(yn, pn),
-        "gmean": math.sqrt(tpr * tnr),
-    }
-    for name, value in exact.items():
-        # A(0) = σ(−36.5) ≈ 1.4e-16 and 1 − A(1) alike: equal to ~1e-14.
-        np.testing.assert_allclose(1 - LF.anyloss(p, y, metric=name, beta=2.0).item(), value, atol=1e-12)
-
-
-def test_anyloss_multiclass_macro_f1():
-    metrics = pytest.importorskip("sklearn.metrics")
-    g = torch.Generator().manual_seed(14)
-    y = torch.randint(0, 4, (50,), generator=g)
-    pred = torch.randint(0, 4, (50,), generator=g)
-    probs = TF.one_hot(pred, 4).double()
-    np.testing.assert_allclose(1 - LF.anyloss(probs, y, metric="f1").item(),
-                               metrics.f1_score(y.numpy(), pred.numpy(), average="macro"), atol=1e-12)
-
-
-def test_anyloss_keeps_gradient_where_float32_sigmoid_saturates():
-    """sigmoid(73 (0.9 − 0.5)) is exactly 1 in float32 (zero gradient); computed in float64 it is not."""
-    assert torch.sigmoid(torch.tensor(73 * 0.4, requires_grad=True)).item() == 1.0
-    p = torch.tensor([0.9, 0.95, 0.1], dtype=torch.float32, requires_grad=True)
-    out = LF.anyloss(p, torch.tensor([1, 0, 1]), metric="f1")
-    assert out.dtype == torch.float32
+@pytest.mark.parametrize("name", [n for n in LOGIT_OBJECTIVES if n != "spherical_z_loss"])
+def test_minus_inf_logits_are_zero_probability_classes(name):
+    """-inf in non-target classes: finite loss and gradient, equal to the loss without those classes where
+    the objective depends only on the softmax (CE, focal, GCE, comp-sum, logit adjustment)."""
+    fn = LOGIT_OBJECTIVES[name]
+    x, t, _ = _data(n=6, c=5, seed=28, ignore=False)
+    x = x.clone()
+    for i in range(6):
+        x[i, (int(t[i]) + 2) % 5] = -math.inf
+    xl = x.clone().requires_grad_(True)
+    kw = {"label_smoothing": 0.0} if name == "cross_entropy" else {}
+    out = (LF.cross_entropy(xl, t, z_loss=1e-3) if name == "cross_entropy" else fn(xl, t, **kw))
     out.backward()
-    assert (p.grad[:2].abs() > 0).all()
+    assert torch.isfinite(out) and torch.isfinite(xl.grad).all()
+    if name in ("focal_loss", "comp_sum_loss", "generalized_cross_entropy"):
+        p_y = torch.softmax(x, -1).gather(-1, t.unsqueeze(-1)).squeeze(-1)
+        ref = {"focal_loss": -(1 - p_y) ** 2 * p_y.log(), "comp_sum_loss": ((1 / p_y) ** -0.5 - 1) / -0.5,
+               "generalized_cross_entropy": (1 - p_y ** 0.7) / 0.7}[name]
+        torch.testing.assert_close(fn(x, t, reduction="none"), ref, rtol=1e-12, atol=1e-12)
 
 
-def test_anyloss_bad_input():
-    with pytest.raises(ValueError, match="probabilities"):
-        LF.anyloss(torch.tensor([1.5, 0.2]), torch.tensor([1, 0]))
-    with pytest.raises(ValueError, match="metric"):
-        LF.anyloss(torch.tensor([0.5, 0.2]), torch.tensor([1, 0]), metric="auc")
+@pytest.mark.parametrize("name", [n for n in LOGIT_OBJECTIVES if n != "spherical_z_loss"])
+def test_ignored_sample_with_minus_inf_logit_has_no_nan_gradient(name):
+    """Regression (found by the property suite): an ignored sample is computed at a placeholder class 0 and
+    masked; when class 0 has a -inf logit, focal_loss (and LDR-KL with a -inf placeholder) produced a NaN
+    gradient (0 * inf in the backward pass) although the sample does not count."""
+    x, t, _ = _data(n=4, c=3, seed=32, ignore=False)
+    t[2] = -100
+    x[2, 0] = -math.inf
+    xl = x.clone().requires_grad_(True)
+    out = LOGIT_OBJECTIVES[name](xl, t)
+    out.backward()
+    assert torch.isfinite(out) and not xl.grad.isnan().any()
+    assert (xl.grad[2] == 0).all()
 
 
-# --------------------------------------------------------------------------- normalized softmax
-def test_normalized_softmax_matches_pytorch_metric_learning():
-    pml = pytest.importorskip("pytorch_metric_learning.losses")
-    g = torch.Generator().manual_seed(15)
-    emb = torch.randn(16, 8, generator=g)
-    labels = torch.randint(0, 4, (16,), generator=g)
-    peer = pml.NormalizedSoftmaxLoss(num_classes=4, embedding_size=8, temperature=0.05)
-    proxies = peer.W.detach().T.clone()  # PML stores W as (embedding_size, num_classes)
-    torch.testing.assert_close(LF.normalized_softmax_loss(emb, labels, proxies, temperature=0.05),
-                               peer(emb, labels), rtol=1e-5, atol=1e-6)
+def test_spherical_z_loss_needs_finite_logits():
+    """Documented: the z-normalization of a row holding -inf is NaN (the mean is -inf)."""
+    x, t, _ = _data(n=3, c=4, seed=29, ignore=False)
+    x[0, (int(t[0]) + 1) % 4] = -math.inf
+    assert torch.isnan(LF.spherical_z_loss(x, t, reduction="none")[0])
 
 
-# --------------------------------------------------------------------------- EnsLoss
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 10_000), st.sampled_from([0.0, 0.5, -0.5]))
-def test_ensloss_derivatives_convex_and_calibrated(seed, lam):
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(64, generator=g, dtype=F64) * 3
-    d = LF.ensloss_derivatives(s, boxcox_lambda=lam, generator=g)
-    order = torch.argsort(s)
-    assert (torch.diff(d[order]) >= 0).all(), "derivative must be non-decreasing in the margin (convex loss)"
-    assert (d < 0).all() and (d >= -1 - 1e-6).all(), "derivative must be in [-1, 0): calibrated, clipped"
+# --------------------------------------------------------------------------- family-wide: hyperparameters at construction
+BAD_MODULES = [
+    (lambda: LN.CrossEntropyLoss(label_smoothing=1.5), ValueError, "label_smoothing"),
+    (lambda: LN.CrossEntropyLoss(reduction="avg"), ValueError, "reduction"),
+    (lambda: LN.CrossEntropyLoss(z_loss=-1.0), ValueError, "z_loss"),
+    (lambda: LN.CrossEntropyLoss(softcap=0.0), ValueError, "softcap"),
+    (lambda: LN.CrossEntropyLoss(weight=torch.ones(2, 3)), ValueError, "weight must be a 1-D tensor"),
+    (lambda: LN.CrossEntropyLoss(weight=torch.tensor([1.0, -1.0])), ValueError, "weight must be non-negative"),
+    (lambda: LN.CrossEntropyLoss(ignore_index=1.5), ValueError, "ignore_index"),
+    (lambda: LN.ZLoss(softcap=-1.0), ValueError, "softcap"),
+    (lambda: LN.ZLoss(reduction="batchmean"), ValueError, "reduction"),
+    (lambda: LN.FocalLoss(gamma=-1.0), ValueError, "gamma"),
+    (lambda: LN.FocalLoss(alpha=torch.ones(2, 2)), ValueError, "alpha must be a 1-D tensor"),
+    (lambda: LN.FocalLoss(alpha=torch.tensor([1, 2])), TypeError, "alpha must be a floating-point tensor"),
+    (lambda: LN.SphericalZLoss(a=0.0), ValueError, "a must be"),
+    (lambda: LN.SphericalZLoss(b="2"), TypeError, "b must be a number"),
+    (lambda: LN.SphericalZLoss(b=math.inf), ValueError, "b must be a finite number"),
+    (lambda: LN.LogitAdjustedLoss(), TypeError, "needs prior"),
+    (lambda: LN.LogitAdjustedLoss(prior=torch.tensor([0.5, 0.0])), ValueError, "prior must be positive"),
+    (lambda: LN.LogitAdjustedLoss(prior=torch.tensor([0.5, math.nan])), ValueError, "prior must be positive"),
+    (lambda: LN.LogitAdjustedLoss(prior=torch.ones(3), tau=-1.0), ValueError, "tau"),
+    (lambda: LN.AdaptiveLogitAdjustedLoss(3, tau=-1.0), ValueError, "tau"),
+    (lambda: LN.AdaptiveLogitAdjustedLoss(3, reduction="avg"), ValueError, "reduction"),
+    (lambda: LN.CompSumLoss(), TypeError, "needs tau"),
+    (lambda: LN.CompSumLoss(tau=-0.5), ValueError, "tau"),
+    (lambda: LN.GeneralizedCrossEntropyLoss(q=0.0), ValueError, "q must be in"),
+    (lambda: LN.GeneralizedCrossEntropyLoss(q=1.5), ValueError, "q must be in"),
+    (lambda: LN.LDRKLLoss(lam=0.0), ValueError, "lam"),
+    (lambda: LN.LDRKLLoss(margin=-1.0), ValueError, "margin"),
+    (lambda: LN.LDRKLLoss(logit_transform="l2"), ValueError, "logit_transform"),
+    (lambda: LN.AdaptiveLDRKLLoss(num_samples=5, margin=-0.1), ValueError, "margin"),
+    (lambda: LN.AdaptiveLDRKLLoss(num_samples=5, alpha=1.0), ValueError, "alpha"),
+    (lambda: LN.AdaptiveLDRKLLoss(num_samples=5, lam0=0.0), ValueError, "lam0"),
+    (lambda: LN.AdaptiveLDRKLLoss(num_samples=5, logit_transform="l2"), ValueError, "logit_transform"),
+    (lambda: LN.AdaptiveLDRKLLoss(num_samples=5, reduction="avg"), ValueError, "reduction"),
+    (lambda: LN.AnyLoss(metric="auc"), ValueError, "metric"),
+    (lambda: LN.AnyLoss(beta=0.0), ValueError, "beta"),
+    (lambda: LN.AnyLoss(amplifier=-73.0), ValueError, "amplifier"),
+    (lambda: LN.EnsLoss(boxcox_lambda=math.nan), ValueError, "boxcox_lambda"),
+    (lambda: LN.EnsLoss(seed=1.5), TypeError, "seed"),
+    (lambda: LN.EnsLoss(reduction="avg"), ValueError, "reduction"),
+    (lambda: LN.NormalizedSoftmaxLoss(4, 8, temperature=0.0), ValueError, "temperature"),
+    (lambda: LN.NormalizedSoftmaxLoss(4, 8, reduction="avg"), ValueError, "reduction"),
+    (lambda: LN.NormalizedSoftmaxLoss(0, 8), ValueError, "num_classes"),
+]
 
 
-def test_ensloss_gradient_is_drawn_derivative_and_reproducible():
-    x = torch.randn(12, dtype=F64, requires_grad=True)
-    t = torch.randint(0, 2, (12,))
-    LF.ensloss(x, t, seed=5, reduction="sum").backward()
-    y = 2.0 * t.double() - 1
-    expected = LF.ensloss_derivatives(x.detach() * y, generator=torch.Generator().manual_seed(5)) * y
-    torch.testing.assert_close(x.grad, expected, rtol=0, atol=0)
-    torch.testing.assert_close(LF.ensloss(x, t, seed=5), LF.ensloss(x, t, seed=5), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="binary"):
-        LF.ensloss(x, torch.full((12,), 2))
+@pytest.mark.parametrize("build,exc,match", BAD_MODULES)
+def test_bad_hyperparameters_fail_when_the_module_is_built(build, exc, match):
+    """Regression: nn.CrossEntropyLoss(label_smoothing=1.5) and reduction="avg" were accepted and failed at
+    the first batch."""
+    with pytest.raises(exc, match=match):
+        build()
+
+
+def test_functions_run_the_same_hyperparameter_checks_at_call_time():
+    x, t, _ = _data(n=4, c=3, ignore=False)
+    for call, match in [
+        (lambda: LF.focal_loss(x, t, alpha=torch.ones(1, 3, dtype=F64)), "alpha must be a 1-D tensor"),
+        (lambda: LF.comp_sum_loss(x, t, tau=math.nan), "tau"),
+        (lambda: LF.ldr_kl_loss(x, t, margin=math.inf), "margin must be a finite number"),
+        (lambda: LF.aldr_kl_loss(x, t, torch.ones(4, dtype=F64), margin=-1.0), "margin"),
+        (lambda: LF.spherical_z_loss(x, t, b=math.nan), "b must be a finite number"),
+        (lambda: LF.ensloss(x[:, 0], t.clamp_max(1), boxcox_lambda=math.inf), "boxcox_lambda"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_modules_take_per_class_constants_as_buffers_and_match_the_functions():
+    x, t, g = _data(n=7, c=5, seed=30)
+    w = torch.rand(5, generator=g, dtype=F64) + 0.1
+    alpha = torch.rand(5, generator=g, dtype=F64) + 0.1
+    focal = LN.FocalLoss(gamma=1.5, alpha=alpha, weight=w)
+    assert {"alpha", "weight"} <= set(focal.state_dict())
+    torch.testing.assert_close(focal(x, t), LF.focal_loss(x, t, gamma=1.5, alpha=alpha, weight=w), rtol=0, atol=0)
+    la = LN.LogitAdjustedLoss(prior=PRIOR, tau=0.5, weight=w)
+    assert "prior" in la.state_dict()
+    torch.testing.assert_close(la(x, t), LF.logit_adjusted_cross_entropy(x, t, prior=PRIOR, tau=0.5, weight=w),
+                               rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- family-wide: registry tags
+def test_search_words_find_the_right_objectives():
+    """list_losses("*noisy*") finds the noise-robust losses (comp-sum included: MAE is the best row of the
+    README's noisy-labels table), "*long*" the long-tail ones; properties agree with the tags."""
+    noisy = set(losslab.list_losses("*noisy*", family="classification"))
+    assert {"generalized_cross_entropy", "comp_sum_loss", "ldr_kl_loss", "aldr_kl_loss"} <= noisy
+    assert not {"cross_entropy", "focal_loss", "spherical_z_loss"} & noisy
+    long_tail = set(losslab.list_losses("*long*tail*", family="classification"))
+    assert {"logit_adjusted_cross_entropy", "focal_loss"} <= long_tail
+    assert "anyloss" in losslab.list_losses("*imbalance*", family="classification")
+    for name in losslab.list_losses(family="classification"):
+        info = losslab.info(name)
+        assert info.tags, f"{name} has no search tags"
+        assert bool(info.properties.get("noise_robust")) == ("noisy labels" in info.tags), name

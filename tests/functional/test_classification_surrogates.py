@@ -54,6 +54,9 @@ def test_anyloss_multiclass_is_one_vs_rest_macro_average():
                                    atol=1e-12, err_msg=name)
 
 
+ANYLOSS_METRIC_NAMES = ("accuracy", "f1", "fbeta", "balanced_accuracy", "gmean")
+
+
 def _anyloss_loop(p, y, metric, beta, amp=73.0):
     a = [1.0 / (1.0 + math.exp(-amp * (pi - 0.5))) for pi in p]
     tp = sum(yi * ai for yi, ai in zip(y, a))
@@ -120,6 +123,51 @@ def test_anyloss_is_batch_level_without_reduction():
         LF.anyloss(torch.tensor([0.5, 0.2]), torch.tensor([1, 0]), reduction="none")
 
 
+def test_anyloss_saturated_probabilities_keep_finite_values_and_gradients():
+    """The conformance suite does not scale probabilities by 1e4 (they would be invalid); the extremes of a
+    probability are 0 and 1, and there A(p) = sigmoid(+-36.5) keeps values and gradients finite."""
+    for dtype in (torch.float32, F64):
+        p = torch.tensor([0.0, 1.0, 1.0, 0.0, 1e-30, 1 - 1e-7], dtype=dtype, requires_grad=True)
+        t = torch.tensor([0, 1, 0, 1, 0, 1])
+        for metric in ANYLOSS_METRIC_NAMES:
+            out = LF.anyloss(p, t, metric=metric)
+            (grad,) = torch.autograd.grad(out, p)
+            assert torch.isfinite(out) and torch.isfinite(grad).all(), metric
+
+
+def test_anyloss_class_without_samples_has_zero_gradient_not_nan():
+    """Regression: a class absent from the batch has TP + FN = 0; the division by a clamped tiny gave a
+    gradient of 1/tiny = inf and inf * 0 = NaN. Its metric counts as 0 (zero_division=0) with zero gradient."""
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype=F64, requires_grad=True)
+    for metric in ANYLOSS_METRIC_NAMES:
+        out = LF.anyloss(probs, torch.tensor([0, 1]), metric=metric)  # class 2 has no sample
+        (grad,) = torch.autograd.grad(out, probs)
+        assert torch.isfinite(out) and torch.isfinite(grad).all(), metric
+    # The absent class's recall term is exactly 0 (sklearn's zero_division=0): balanced accuracy of
+    # class 2 = (0 + TNR) / 2, as the loop computes it with TPR := 0.
+    a = [[1 / (1 + math.exp(-73 * (v - 0.5))) for v in row] for row in probs.tolist()]
+    tnr2 = ((1 - a[0][2]) + (1 - a[1][2])) / 2
+    per_class = []
+    for k, y in ((0, [1, 0]), (1, [0, 1])):
+        col = [a[0][k], a[1][k]]
+        tp = sum(yi * ai for yi, ai in zip(y, col))
+        fn = sum(yi * (1 - ai) for yi, ai in zip(y, col))
+        fp = sum((1 - yi) * ai for yi, ai in zip(y, col))
+        tn = sum((1 - yi) * (1 - ai) for yi, ai in zip(y, col))
+        per_class.append(0.5 * (tp / (tp + fn) + tn / (tn + fp)))
+    per_class.append(0.5 * tnr2)
+    np.testing.assert_allclose(LF.anyloss(probs, torch.tensor([0, 1]), metric="balanced_accuracy").item(),
+                               1 - np.mean(per_class), rtol=1e-12)
+
+
+def test_anyloss_nan_probability_is_rejected_or_propagates():
+    p = torch.tensor([0.2, float("nan"), 0.9])
+    with pytest.raises(ValueError, match="probabilities in"):
+        LF.anyloss(p, torch.tensor([0, 1, 1]))
+    with losslab.validation(False):
+        assert torch.isnan(LF.anyloss(p, torch.tensor([0, 1, 1])))
+
+
 def test_anyloss_bad_input():
     with pytest.raises(ValueError, match="probabilities"):
         LF.anyloss(torch.tensor([1.5, 0.2]), torch.tensor([1, 0]))
@@ -131,6 +179,8 @@ def test_anyloss_bad_input():
         LF.anyloss(torch.rand(4, 3), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="beta"):
         LF.anyloss(torch.tensor([0.5, 0.2]), torch.tensor([1, 0]), metric="fbeta", beta=0.0)
+    with pytest.raises(ValueError, match=r"target must have the shape of probs \(2,\)"):
+        LF.anyloss(torch.tensor([0.5, 0.2]), torch.tensor([1, 0, 1]))
 
 
 # --------------------------------------------------------------------------- EnsLoss
@@ -176,18 +226,27 @@ def test_ensloss_derivatives_convex_and_calibrated(seed, boxcox_lambda, n):
     assert (d < 0).all() and (d >= -1 - 1e-6).all()
 
 
-def test_ensloss_gradient_is_drawn_derivative_and_reductions():
-    x = torch.randn(12, dtype=F64, requires_grad=True)
-    t = torch.randint(0, 2, (12,))
+@pytest.mark.parametrize("boxcox_lambda", [0.0, 0.5])
+def test_ensloss_gradient_is_the_papers_drawn_derivative_and_reductions(boxcox_lambda):
+    """The reference is the loop over Dai (2024)'s construction above, fed the same N(0, 1) draw (z drawn in
+    float64 from the seeded generator, as documented), not ensloss_derivatives: dl/df_i = g_i y_i."""
+    g = torch.Generator().manual_seed(31)
+    x = (torch.randn(12, generator=g, dtype=F64) * 2).requires_grad_(True)
+    t = torch.randint(0, 2, (12,), generator=g)
     y = 2.0 * t.double() - 1
-    expected = LF.ensloss_derivatives(x.detach() * y, generator=torch.Generator().manual_seed(5)) * y
-    LF.ensloss(x, t, seed=5, reduction="sum").backward()
-    torch.testing.assert_close(x.grad, expected, rtol=0, atol=0)
+    s = (x.detach() * y).tolist()
+    z = torch.randn(12, generator=torch.Generator().manual_seed(5), dtype=F64).tolist()
+    g_ref = torch.tensor(_ensloss_loop(s, z, boxcox_lambda), dtype=F64)
+    kw = {"seed": 5, "boxcox_lambda": boxcox_lambda}
+    LF.ensloss(x, t, reduction="sum", **kw).backward()
+    torch.testing.assert_close(x.grad, g_ref * y, rtol=1e-12, atol=1e-15)
     x.grad = None
-    LF.ensloss(x, t, seed=5).backward()  # "mean": the paper's 1/B
-    torch.testing.assert_close(x.grad, expected / 12, rtol=1e-15, atol=0)
-    none = LF.ensloss(x, t, seed=5, reduction="none")
-    torch.testing.assert_close(none, (expected * y) * (x.detach() * y), rtol=1e-15, atol=0)
+    LF.ensloss(x, t, **kw).backward()  # "mean": the paper's 1/B
+    torch.testing.assert_close(x.grad, g_ref * y / 12, rtol=1e-12, atol=1e-15)
+    none = LF.ensloss(x, t, reduction="none", **kw)  # the value sg(g_i) * s_i
+    torch.testing.assert_close(none, g_ref * torch.tensor(s, dtype=F64), rtol=1e-12, atol=1e-15)
+    # integer labels of any dtype give the same draw and value
+    torch.testing.assert_close(LF.ensloss(x, t.to(torch.uint8), reduction="none", **kw), none, rtol=0, atol=0)
 
 
 def test_ensloss_randomness_seed_generator_and_global():
@@ -216,14 +275,26 @@ def test_ensloss_finite_for_extreme_logits_and_low_precision():
 
 def test_ensloss_bad_input():
     x = torch.randn(6)
-    with pytest.raises(ValueError, match="binary"):
+    ones = torch.ones(6, dtype=torch.long)
+    with pytest.raises(ValueError, match="binary labels 0/1, found 2"):
         LF.ensloss(x, torch.full((6,), 2))
-    with pytest.raises(ValueError, match="shape"):
-        LF.ensloss(x, torch.ones(5))
+    with pytest.raises(ValueError, match=r"target must have the shape of logits \(6,\)"):
+        LF.ensloss(x, torch.ones(5, dtype=torch.long))
+    with pytest.raises(TypeError, match="binary labels must be integers"):
+        LF.ensloss(x, torch.ones(6))
     with pytest.raises(TypeError, match="seed"):
-        LF.ensloss(x, torch.ones(6), seed=1.0)
+        LF.ensloss(x, ones, seed=1.0)
     with pytest.raises(ValueError, match="boxcox_lambda"):
-        LF.ensloss(x, torch.ones(6), boxcox_lambda=math.nan)
+        LF.ensloss(x, ones, boxcox_lambda=math.nan)
+    with pytest.raises(ValueError, match="either generator or seed"):
+        LF.ensloss(x, ones, seed=1, generator=torch.Generator())
+
+
+def test_ensloss_nan_logit_gives_nan():
+    x = torch.tensor([0.5, float("nan"), -1.0, 2.0])
+    none = LF.ensloss(x, torch.tensor([1, 0, 1, 0]), seed=0, reduction="none")
+    assert torch.isnan(none[1]) and torch.isfinite(none[[0, 2, 3]]).all()
+    assert torch.isnan(LF.ensloss(x, torch.tensor([1, 0, 1, 0]), seed=0))
 
 
 # --------------------------------------------------------------------------- normalized softmax

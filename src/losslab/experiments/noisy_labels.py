@@ -373,14 +373,19 @@ def run(args) -> int:
             bar.close()
     summary = summarize(out, objectives, args.seeds, config)
     print(format_table(summary, config))
+    figure = "accuracy.png" if (out / "accuracy.png").exists() else "no accuracy.png: matplotlib is not installed"
     print(f"({time.perf_counter() - t0:.0f} s for {len(todo)} new runs; results in "
-          f"{out}/results.json, results.csv, accuracy.png)")
+          f"{out}/results.json, results.csv, {figure})")
     return 0
 
 
 # ----------------------------------------------------------------------------- outputs
 def summarize(out: Path, objectives, seeds: int, config: dict) -> list[dict]:
-    """Aggregate the per-run files into results.json, results.csv and accuracy.png."""
+    """Aggregate the per-run files into results.json, results.csv and accuracy.png.
+
+    The figure needs matplotlib (the ``cli`` extra); without it the results are written and
+    the figure is left out.
+    """
     rows, curves = [], {}
     for label, reg, kw in objectives:
         runs = [read_json(_run_path(out, label, s)) for s in range(seeds)]
@@ -420,8 +425,12 @@ def format_table(rows: list[dict], config: dict) -> str:
     return "\n".join(lines)
 
 
-def _plot(out: Path, curves: dict, config: dict) -> None:
-    import matplotlib
+def _plot(out: Path, curves: dict, config: dict) -> bool:
+    """Draw accuracy.png; False (and no figure) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -436,3 +445,4 @@ def _plot(out: Path, curves: dict, config: dict) -> None:
     ax.legend(fontsize="small")
     save_figure(out / "accuracy.png", fig)
     plt.close(fig)
+    return True

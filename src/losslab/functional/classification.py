@@ -7,6 +7,9 @@ inputs the two agree.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -17,17 +20,19 @@ from .._checks import (
     check_in_range,
     check_ndim,
     check_nonnegative,
+    check_nonnegative_tensor,
     check_positive,
     check_probabilities,
     check_reduction,
     check_same_shape,
+    hyperparameter_checks,
     validation_enabled,
 )
 from .._numerics import softcap as _apply_softcap
 from .._numerics import softplus, upcast
 from .._reduction import reduce
-from ..registry import Reference, register
-from ._examples import classification_example
+from ..registry import Example, Reference, register
+from ._examples import F64, IGNORE, class_weighted_mean, classification_example, randint, randn
 
 __all__ = ["cross_entropy", "z_loss", "focal_loss", "spherical_z_loss", "logit_adjusted_cross_entropy"]
 
@@ -53,17 +58,71 @@ def _check_softcap(softcap: float | None) -> None:
         check_positive(softcap, "softcap")
 
 
+def check_per_class(value: torch.Tensor | None, name: str) -> None:
+    """A per-class constant (class ``weight``, focal ``alpha``): ``None`` or a non-negative ``(C,)`` tensor.
+
+    The number of classes is only known from the logits, so the length is checked at call
+    time (``check_class_weight``); this is what a Module can check at construction.
+    """
+    if value is None:
+        return
+    check_floating(value, name)
+    if value.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor with one value per class, got shape {tuple(value.shape)}")
+    check_nonnegative_tensor(value, name)
+
+
+def _check_cross_entropy(*, weight=None, label_smoothing=0.0, z_loss=0.0, softcap=None, **_) -> None:
+    check_per_class(weight, "weight")
+    check_in_range(label_smoothing, "label_smoothing", 0.0, 1.0)
+    check_nonnegative(z_loss, "z_loss")
+    _check_softcap(softcap)
+
+
+def _ce_mean_rule(none: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """torch's rule: class-index targets divide by sum of w[y] over kept samples, probability targets by N."""
+    if args[1].is_floating_point():
+        return none.mean()
+    return class_weighted_mean(none, args, kwargs)
+
+
+def _cross_entropy_example() -> Example:
+    # make: z-loss only. Label smoothing is in the variants: it gives classes of probability 0
+    # (-inf logits, which the property suite draws) target mass, so the loss is +inf there.
+    base = classification_example(weight=True, ignore_index=True, z_loss=1e-3)
+
+    def smoothed(gen: torch.Generator):
+        target = randint(gen, 5, 7)
+        target[::3] = IGNORE
+        w = torch.rand(5, generator=gen, dtype=F64) + 0.1
+        return (randn(gen, 7, 5), target), {"label_smoothing": 0.1, "z_loss": 1e-3, "weight": w}
+
+    def softcapped(gen: torch.Generator):
+        return (randn(gen, 7, 5, scale=4.0), randint(gen, 5, 7)), {"softcap": 3.0, "z_loss": 1e-3,
+                                                                   "label_smoothing": 0.2}
+
+    def probability_targets(gen: torch.Generator):
+        w = torch.rand(5, generator=gen, dtype=F64) + 0.1
+        target = torch.softmax(randn(gen, 2, 3, 5), -1)
+        return (randn(gen, 2, 3, 5), target), {"label_smoothing": 0.1, "z_loss": 1e-3, "weight": w}
+
+    return dataclasses.replace(base, mean_rule=_ce_mean_rule,
+                               variants=base.variants + (smoothed, softcapped, probability_targets))
+
+
 @register(
     "cross_entropy",
     family="classification",
     reference=ZLOSS_PAPER,
     seed=ZLOSS_SEED,
-    example=classification_example(label_smoothing=0.1, z_loss=1e-3),
+    example=_cross_entropy_example(),
+    tags=("label smoothing", "soft targets", "language models", "training stability", "logit soft-capping"),
     input_kind="logits",
     classification_calibrated=True,
     bounded=False,
     noise_robust=False,
 )
+@hyperparameter_checks(_check_cross_entropy)
 def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -102,9 +161,19 @@ def cross_entropy(
     copying them to float32 (``log_softmax(dtype=float32)``); the z-loss reuses
     :math:`Z = x_y - \log p_y` (no extra pass over the logits).
 
+    Class indices may have any integer dtype (int64, int32, uint8, ...). A floating target
+    is read as class probabilities and must have the logits' shape. The class dimension is
+    last: for torch's ``(N, C, d1, ...)`` layout pass ``logits.movedim(1, -1)``.
+
+    Non-finite inputs (see CONTRIBUTING.md): a NaN or ``+inf`` logit of a kept sample gives
+    a NaN loss (the log-softmax of its row is NaN); ``-inf`` logits are classes of
+    probability 0 (with ``label_smoothing > 0`` the smoothed target gives them mass, so the
+    loss is ``+inf``, as in torch). With ``softcap=c`` an infinite logit is capped to
+    :math:`\pm c` like any other (``tanh(±∞) = ±1``), so it gives a finite loss.
+
     Args:
         logits: unnormalized scores, shape ``(*, C)``.
-        target: class indices ``(*)`` (int64), or class probabilities ``(*, C)``.
+        target: class indices ``(*)`` (any integer dtype), or class probabilities ``(*, C)``.
         weight: per-class weights ``(C,)``.
         ignore_index: class index whose samples are left out (class-index targets only).
         label_smoothing: :math:`\varepsilon \in [0, 1]`, as in torch.
@@ -134,12 +203,24 @@ def cross_entropy(
         Szegedy et al., "Rethinking the Inception Architecture", 2016 (label smoothing).
     """
     _check_logits(logits)
-    check_in_range(label_smoothing, "label_smoothing", 0.0, 1.0)
-    check_nonnegative(z_loss, "z_loss")
-    _check_softcap(softcap)
+    _check_cross_entropy(weight=weight, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
     num_classes = logits.shape[-1]
     check_class_weight(weight, num_classes)
+    # A floating target with the logits' number of dimensions is a probability target;
+    # anything else goes through the class-index check first (any integer dtype, returned
+    # as int64; a float target of the leading shape gets "class indices must be integers").
+    soft = isinstance(target, torch.Tensor) and target.is_floating_point() and target.dim() == logits.dim()
+    if soft:
+        check_same_shape(target, logits, ("target", "logits"))
+        check_probabilities(target, "target")
+    else:
+        target = check_class_target(target, logits, ignore_index=ignore_index)
+    return _cross_entropy(logits, target, soft, weight, ignore_index, label_smoothing, z_loss, softcap, reduction)
 
+
+def _cross_entropy(logits, target, soft, weight, ignore_index, label_smoothing, z_loss, softcap, reduction):
+    """:func:`cross_entropy` on checked inputs (``target`` int64 class indices, or probabilities if ``soft``)."""
+    num_classes = logits.shape[-1]
     lead = logits.shape[:-1]
     # Half/bfloat16 logits are read as they are and the log-softmax is produced in float32
     # (log_softmax(dtype=float32)): no float32 copy of the (N, C) logits is made. Softcap
@@ -152,9 +233,7 @@ def cross_entropy(
     w = upcast(weight, out_dtype)
     eps = float(label_smoothing)
 
-    if target.is_floating_point():
-        check_same_shape(target, logits, ("target", "logits"))
-        check_probabilities(target, "target")
+    if soft:
         p2 = upcast(target, out_dtype).reshape(-1, num_classes)
         if eps > 0:
             p2 = p2 * (1.0 - eps) + eps / num_classes
@@ -166,7 +245,6 @@ def cross_entropy(
         # torch's rule for probability targets: "mean" divides by the number of samples.
         return reduce(loss.reshape(lead), reduction)
 
-    check_class_target(target, logits, ignore_index=ignore_index)
     t1 = target.reshape(-1)
     # Only the smoothing and z-loss terms need the keep mask, and only the z-loss needs a
     # safe copy of the target and w[y]: nll_loss skips ignored samples and weights the kept
@@ -223,7 +301,8 @@ def cross_entropy(
     family="classification",
     reference=ZLOSS_PAPER,
     seed=ZLOSS_SEED,
-    example=classification_example(),
+    example=classification_example(ignore_index=True),
+    tags=("language models", "training stability", "logit drift", "auxiliary loss"),
     input_kind="logits",
     bounded=False,
 )
@@ -241,7 +320,8 @@ def z_loss(
 
     It pushes the softmax normalizer towards 1 so that logits do not drift, which
     stabilises large-scale training. Add ``coefficient * z_loss(logits)`` to a loss, or
-    use ``cross_entropy(..., z_loss=coefficient)`` to fuse the two.
+    use ``cross_entropy(..., z_loss=coefficient)`` to fuse the two. A NaN logit of a kept
+    sample gives NaN, a ``+inf`` logit the exact value ``+inf``.
 
     Args:
         logits: ``(*, C)``.
@@ -271,15 +351,21 @@ def z_loss(
     loss = torch.logsumexp(x, dim=-1).square()
     if target is None:
         return reduce(loss, reduction)
-    check_class_target(target, logits, ignore_index=ignore_index)
+    target = check_class_target(target, logits, ignore_index=ignore_index)
     return reduce(loss, reduction, mask=target != ignore_index)
 
 
 def _gather_target(x: torch.Tensor, target: torch.Tensor, ignore_index: int):
-    """Kept-sample mask, a safe copy of the target (ignored -> class 0) and ``x[..., target]``."""
+    """Kept-sample mask, a safe copy of the target (ignored -> class 0) and ``x[..., target]``.
+
+    The gathered value of an ignored sample is 0, not ``x[..., 0]``: class 0 may have a
+    ``-inf`` logit (probability 0), and a loss computed from it would be masked out of the
+    value but not out of the gradient (``0 * inf = NaN`` in the backward pass).
+    """
     keep = target != ignore_index
     safe = torch.where(keep, target, torch.zeros((), dtype=target.dtype, device=target.device))
-    return keep, safe, x.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    x_y = x.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return keep, safe, torch.where(keep, x_y, torch.zeros((), dtype=x_y.dtype, device=x_y.device))
 
 
 FOCAL_PAPER = Reference(
@@ -290,15 +376,38 @@ FOCAL_PAPER = Reference(
 )
 
 
+def _check_focal(*, gamma=2.0, alpha=None, weight=None, **_) -> None:
+    check_nonnegative(gamma, "gamma")
+    check_per_class(alpha, "alpha")
+    check_per_class(weight, "weight")
+
+
+def _focal_example() -> Example:
+    base = classification_example(weight=True, ignore_index=True, gamma=2.0)
+
+    def with_alpha(gen: torch.Generator):
+        # alpha multiplies the loss but leaves the "mean" denominator alone (class_weighted_mean
+        # divides by the class weights only).
+        target = randint(gen, 5, 7)
+        target[1] = IGNORE
+        kw = {"gamma": 0.5, "alpha": torch.rand(5, generator=gen, dtype=F64) + 0.1,
+              "weight": torch.rand(5, generator=gen, dtype=F64) + 0.1}
+        return (randn(gen, 7, 5), target), kw
+
+    return dataclasses.replace(base, variants=base.variants + (with_alpha,))
+
+
 @register(
     "focal_loss",
     family="classification",
     reference=FOCAL_PAPER,
-    example=classification_example(gamma=2.0),
+    example=_focal_example(),
+    tags=("long tail", "class imbalance", "dense detection", "hard examples"),
     input_kind="logits",
     bounded=False,
     noise_robust=False,
 )
+@hyperparameter_checks(_check_focal)
 def focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -357,10 +466,10 @@ def focal_loss(
         ICCV 2017, https://arxiv.org/abs/1708.02002.
     """
     _check_logits(logits)
-    check_nonnegative(gamma, "gamma")
+    _check_focal(gamma=gamma, alpha=alpha, weight=weight)
     check_class_weight(alpha, logits.shape[-1], "alpha")
     check_class_weight(weight, logits.shape[-1])
-    check_class_target(target, logits, ignore_index=ignore_index)
+    target = check_class_target(target, logits, ignore_index=ignore_index)
     x = upcast(logits)
     logp = torch.log_softmax(x, dim=-1)
     keep, safe, logp_y = _gather_target(logp, target, ignore_index)
@@ -385,17 +494,31 @@ ZSPH_PAPER = Reference(
 )
 
 
+def _check_spherical(*, a=1.0, b=2.0, weight=None, **_) -> None:
+    check_positive(a, "a")
+    if isinstance(b, bool) or not isinstance(b, (int, float)):
+        raise TypeError(f"b must be a number, got {type(b).__name__}")
+    if not math.isfinite(b):
+        raise ValueError(f"b must be a finite number, got {b!r}")
+    check_per_class(weight, "weight")
+
+
 @register(
     "spherical_z_loss",
     family="classification",
     reference=ZSPH_PAPER,
     seed=ZSPH_PAPER.title,
-    example=classification_example(a=1.0, b=2.0),
+    example=classification_example(weight=True, ignore_index=True, a=1.0, b=2.0),
+    tags=("spherical family", "scale invariant", "shift invariant"),
     input_kind="logits",
     bounded=False,
+    noise_robust=False,
     shift_invariant=True,
     scale_invariant=True,
+    # The z-normalization of a row holding -inf is NaN: -inf is not a zero-probability class here.
+    neg_inf_unsupported=True,
 )
+@hyperparameter_checks(_check_spherical)
 def spherical_z_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -424,6 +547,9 @@ def spherical_z_loss(
     150 epochs, 2 seeds, a ∈ {1, 4}, b ∈ {1, 2, 4}) gave clean test accuracy 0.979–0.981 for
     every pair and, at 40 % symmetric noise, 0.697–0.718 with a = 1 against 0.646–0.702 with
     a = 4; a = 1, b = 2 is within seed noise of the best. Not PaLM's z-loss (see :func:`z_loss`).
+
+    Non-finite inputs (see CONTRIBUTING.md): the z-normalization needs finite logits; a
+    NaN or infinite logit (also ``-inf``) of a kept sample gives a NaN loss.
 
     All-equal logits (:math:`\sigma = 0`, e.g. a zero-initialized last layer) give
     :math:`z = 0`: the variance is floored at :math:`\epsilon\cdot\mathrm{mean}_k(x_k^2) +`
@@ -460,13 +586,11 @@ def spherical_z_loss(
         loss belonging to the Spherical Family", 2016, https://arxiv.org/abs/1604.08859.
     """
     _check_logits(logits)
-    check_positive(a, "a")
-    if not isinstance(b, (int, float)):
-        raise TypeError(f"b must be a number, got {type(b).__name__}")
+    _check_spherical(a=a, b=b, weight=weight)
     if logits.shape[-1] < 2:
         raise ValueError(f"spherical_z_loss needs at least 2 classes, got logits of shape {tuple(logits.shape)}")
     check_class_weight(weight, logits.shape[-1])
-    check_class_target(target, logits, ignore_index=ignore_index)
+    target = check_class_target(target, logits, ignore_index=ignore_index)
     x = upcast(logits)
     centered = x - x.mean(-1, keepdim=True)
     var = centered.square().mean(-1)
@@ -490,21 +614,37 @@ LOGIT_ADJ_PAPER = Reference(
 )
 
 
-def _logit_adjusted_example():
-    base = classification_example()
+def _check_prior(prior: torch.Tensor, name: str = "prior") -> None:
+    check_floating(prior, name)
+    if prior.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor with one value per class, got shape {tuple(prior.shape)}")
+    # (prior > 0).all() rather than (prior <= 0).any(): a NaN prior fails too.
+    if validation_enabled() and prior.numel() > 0 and not bool((prior > 0).all()):
+        raise ValueError(f"{name} must be positive for every class, found {float(prior.min()):.4g}")
 
-    def make(gen):
-        args, _ = base.make(gen)
-        prior = torch.rand(args[0].shape[-1], generator=gen, dtype=torch.float64) + 0.1
-        return args, {"prior": prior / prior.sum(), "tau": 1.0}
 
-    def mismatch(gen):
-        args, _ = base.mismatch(gen)
-        return args, {"prior": torch.full((args[0].shape[-1],), 1.0 / args[0].shape[-1], dtype=torch.float64)}
+def _check_logit_adjusted(*, prior=None, tau=1.0, weight=None, **_) -> None:
+    if prior is None:
+        raise TypeError("logit_adjusted_cross_entropy needs prior, the (C,) positive class prior")
+    _check_prior(prior)
+    check_nonnegative(tau, "tau")
+    check_per_class(weight, "weight")
 
-    from ..registry import Example
 
-    return Example(make=make, mismatch=mismatch, logits=(0,))
+def _logit_adjusted_example() -> Example:
+    # The prior is a per-class constant (a buffer of the Module), fixed for the 5 classes
+    # of classification_example: class frequencies of a long-tailed training set.
+    prior = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03], dtype=F64)
+    base = classification_example(weight=True, ignore_index=True, prior=prior, tau=1.0)
+
+    def module(gen: torch.Generator):
+        from ..nn import AdaptiveLogitAdjustedLoss
+
+        crit = AdaptiveLogitAdjustedLoss(5, class_counts=torch.tensor([50.0, 25.0, 15.0, 7.0, 3.0]), tau=1.0)
+        crit.update(torch.softmax(randn(gen, 9, 5), -1), randint(gen, 5, 9))
+        return crit, (randn(gen, 7, 5), randint(gen, 5, 7)), {}
+
+    return dataclasses.replace(base, module=module)
 
 
 @register(
@@ -513,9 +653,12 @@ def _logit_adjusted_example():
     reference=LOGIT_ADJ_PAPER,
     seed="PromptMRG: Diagnosis-Driven Prompts for Medical Report Generation",
     example=_logit_adjusted_example(),
+    tags=("long tail", "class imbalance", "balanced error", "class prior"),
     input_kind="logits",
     classification_calibrated=True,
+    noise_robust=False,
 )
+@hyperparameter_checks(_check_logit_adjusted)
 def logit_adjusted_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -566,12 +709,13 @@ def logit_adjusted_cross_entropy(
         Prompts for Medical Report Generation", AAAI 2024, https://arxiv.org/abs/2308.12604.
     """
     _check_logits(logits)
+    target = check_class_target(target, logits, ignore_index=ignore_index)
     check_nonnegative(tau, "tau")
     check_floating(prior, "prior")
     if prior.shape != (logits.shape[-1],):
         raise ValueError(f"prior must have shape ({logits.shape[-1]},) (one value per class), got {tuple(prior.shape)}")
-    if validation_enabled() and bool((prior <= 0).any()):
-        raise ValueError("prior must be positive for every class")
+    _check_logit_adjusted(prior=prior, tau=tau, weight=weight)
+    check_class_weight(weight, logits.shape[-1])
     x = upcast(logits)
     adjusted = x + tau * torch.log(upcast(prior, x.dtype))
-    return cross_entropy(adjusted, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
+    return _cross_entropy(adjusted, target, False, weight, ignore_index, 0.0, 0.0, None, reduction)

@@ -17,12 +17,13 @@ from .._checks import (
     check_class_weight,
     check_in_range,
     check_nonnegative,
+    hyperparameter_checks,
 )
 from .._numerics import upcast
 from .._reduction import reduce
 from ..registry import Reference, register
 from ._examples import classification_example
-from .classification import _check_logits, _gather_target
+from .classification import _check_logits, _gather_target, check_per_class
 
 __all__ = ["comp_sum_loss", "generalized_cross_entropy"]
 
@@ -54,10 +55,23 @@ def _phi_tau(log_u: torch.Tensor, tau: float) -> torch.Tensor:
 
 def _comp_sum_unreduced(x, target, tau, ignore_index):
     """``keep``, ``safe`` target and the per-sample comp-sum loss of float logits ``x``."""
-    keep, safe, x_y = _gather_target(x, target, ignore_index)
-    # log u = log sum_k exp(x_k - x_y) = logsumexp(x) - x_y >= 0: no overflow for any logits.
-    log_u = torch.logsumexp(x, dim=-1) - x_y
-    return keep, safe, _phi_tau(log_u, tau)
+    # log u = log sum_k exp(x_k - x_y) = -log p_y >= 0, from log_softmax: no overflow for any
+    # logits, and a +inf logit gives NaN as in cross-entropy (logsumexp(x) - x_y would give
+    # log u = inf and, for tau > 1, the finite bound 1 / (tau - 1)).
+    keep, safe, logp_y = _gather_target(torch.log_softmax(x, dim=-1), target, ignore_index)
+    return keep, safe, _phi_tau(-logp_y, tau)
+
+
+def _check_comp_sum(*, tau=None, weight=None, **_) -> None:
+    if tau is None:
+        raise TypeError("comp_sum_loss needs tau (0: sum-exponential, 1: cross-entropy, 2: MAE)")
+    check_nonnegative(tau, "tau")
+    check_per_class(weight, "weight")
+
+
+def _check_gce(*, q=0.7, weight=None, **_) -> None:
+    check_in_range(q, "q", 0.0, 1.0, low_inclusive=False)
+    check_per_class(weight, "weight")
 
 
 def _class_weight(weight, safe, dtype):
@@ -71,10 +85,15 @@ def _class_weight(weight, safe, dtype):
     seed=COMPSUM_PAPER.title,
     # tau >= 1 keeps the loss bounded by log-growth (the extreme-logit check); tau < 1 grows
     # like exp((1 - tau) * logit gap) and overflows float32 for gaps beyond ~88 / (1 - tau).
-    example=classification_example(tau=1.5),
+    example=classification_example(weight=True, ignore_index=True, tau=1.5),
+    tags=("noisy labels", "label noise", "robust loss", "mean absolute error", "MAE", "GCE"),
     input_kind="logits",
     classification_calibrated=True,
+    # Robust (bounded by 1 / (tau - 1)) for tau > 1: MAE (tau = 2) is the most robust row of
+    # the README's noisy-labels table; tau = 1 is cross-entropy.
+    noise_robust=True,
 )
+@hyperparameter_checks(_check_comp_sum)
 def comp_sum_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -101,7 +120,7 @@ def comp_sum_loss(
     Larger :math:`\tau` is more robust to label noise (bounded by :math:`1/(\tau - 1)` for
     :math:`\tau > 1`) and slower to fit.
 
-    Computed in log-space: :math:`\log u = \operatorname{logsumexp}(x) - x_y` and
+    Computed in log-space: :math:`\log u = -\log p_y` from ``log_softmax`` and
     :math:`\Phi_\tau(u) = \operatorname{expm1}((1-\tau)\log u)/(1-\tau)`, which is accurate
     near :math:`\tau = 1`. For :math:`\tau < 1` the loss itself grows exponentially in the
     logit gap and can overflow float32 (a property of the loss, not of the code).
@@ -136,9 +155,9 @@ def comp_sum_loss(
         Applications", ICML 2023, https://arxiv.org/abs/2304.07288.
     """
     _check_logits(logits)
-    check_nonnegative(tau, "tau")
+    _check_comp_sum(tau=tau, weight=weight)
     check_class_weight(weight, logits.shape[-1])
-    check_class_target(target, logits, ignore_index=ignore_index)
+    target = check_class_target(target, logits, ignore_index=ignore_index)
     x = upcast(logits)
     keep, safe, loss = _comp_sum_unreduced(x, target, tau, ignore_index)
     return reduce(loss, reduction, weight=_class_weight(weight, safe, x.dtype), mask=keep)
@@ -149,11 +168,13 @@ def comp_sum_loss(
     family="classification",
     reference=GCE_PAPER,
     seed=COMPSUM_PAPER.title,
-    example=classification_example(q=0.7),
+    example=classification_example(weight=True, ignore_index=True, q=0.7),
+    tags=("noisy labels", "label noise", "robust loss", "GCE"),
     input_kind="logits",
     bounded=True,
     noise_robust=True,
 )
+@hyperparameter_checks(_check_gce)
 def generalized_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -197,9 +218,9 @@ def generalized_cross_entropy(
         Mao, Mohri, Zhong, ICML 2023, https://arxiv.org/abs/2304.07288.
     """
     _check_logits(logits)
-    check_in_range(q, "q", 0.0, 1.0, low_inclusive=False)
+    _check_gce(q=q, weight=weight)
     check_class_weight(weight, logits.shape[-1])
-    check_class_target(target, logits, ignore_index=ignore_index)
+    target = check_class_target(target, logits, ignore_index=ignore_index)
     x = upcast(logits)
     keep, safe, logp_y = _gather_target(torch.log_softmax(x, dim=-1), target, ignore_index)
     # 1 - p^q = -expm1(q log p): exact as p -> 1, and p^q never formed from an underflowed p.

@@ -13,12 +13,13 @@ from .._checks import (
     check_leading_shape,
     check_ndim,
     check_positive,
+    hyperparameter_checks,
     validation_enabled,
 )
 from .._numerics import softplus, upcast
 from .._reduction import reduce
 from ..registry import Example, Reference, register
-from ._examples import classification_example, randint, randn
+from ._examples import IGNORE, class_weighted_mean, classification_example, randint, randn
 from .classification import _check_logits
 
 __all__ = ["ldr_kl_loss", "aldr_kl_loss", "aldr_kl_update", "LOGIT_TRANSFORMS"]
@@ -47,11 +48,19 @@ def _transform(x: torch.Tensor, logit_transform: str | None) -> torch.Tensor:
     return x / scale
 
 
-def _margins(x: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
-    """d_k = margin * [k != y] + x_k - x_y, with d_y = 0 exactly."""
+def _margins(x: torch.Tensor, target: torch.Tensor, margin: float, keep: torch.Tensor) -> torch.Tensor:
+    """d_k = margin * [k != y] + x_k - x_y, with d_y = 0 exactly.
+
+    Ignored samples (``keep`` False, ``target`` a placeholder class) use x_y = 0: the
+    placeholder class may have a ``-inf`` logit, and their masked loss must not bring a
+    ``0 * inf = NaN`` into the gradient.
+    """
     x_y = x.gather(-1, target.unsqueeze(-1))
+    x_y = torch.where(keep.unsqueeze(-1), x_y, torch.zeros((), dtype=x_y.dtype, device=x_y.device))
     d = x - x_y + margin
-    return d.scatter(-1, target.unsqueeze(-1), 0.0)
+    # d_y = x_y - x_y: exactly 0 for a finite target logit, NaN for a NaN or infinite one
+    # (scattering the constant 0 would turn a +inf target logit into a finite loss).
+    return d.scatter(-1, target.unsqueeze(-1), x_y - x_y)
 
 
 def _ldr_value(d: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
@@ -67,15 +76,32 @@ def _safe_target(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor,
     return keep, torch.where(keep, target, torch.zeros((), dtype=target.dtype, device=target.device))
 
 
+def _check_margin(margin: float) -> None:
+    check_in_range(margin, "margin", 0.0, math.inf)
+    if not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+
+
+def _check_ldr(*, lam=1.0, margin=1.0, logit_transform=None, **_) -> None:
+    check_positive(lam, "lam")
+    _check_margin(margin)
+    check_choice(logit_transform, "logit_transform", LOGIT_TRANSFORMS)
+
+
 @register(
     "ldr_kl_loss",
     family="classification",
     reference=LDR_PAPER,
     seed=LDR_SEED,
-    example=classification_example(lam=1.0, margin=1.0),
+    example=classification_example(ignore_index=True, lam=1.0, margin=1.0),
+    tags=("noisy labels", "label noise", "robust loss", "distributionally robust", "margin"),
     input_kind="logits",
     classification_calibrated=True,
+    # Robust to label noise for large lambda (the paper's noisy-label runs: lambda = 10);
+    # the default lambda = 1 fits noisy labels like cross-entropy (see the docstring).
+    noise_robust=True,
 )
+@hyperparameter_checks(_check_ldr)
 def ldr_kl_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -104,6 +130,10 @@ def ldr_kl_loss(
     experiments use a large :math:`\lambda` (the authors' scripts: :math:`\lambda = 10`,
     :math:`\delta = 0.1`): larger :math:`\lambda` is more robust and slower to fit. For
     a per-sample :math:`\lambda` chosen automatically use :func:`aldr_kl_loss`.
+
+    Non-finite inputs (see CONTRIBUTING.md): a NaN logit, or ``+inf`` on the target class,
+    gives NaN; ``+inf`` on another class gives the exact value ``+inf``; ``-inf`` classes
+    have margin ``-inf`` and drop out of the log-sum-exp.
 
     ``logit_transform`` exposes the authors' code's rescaling of the logits by their mean
     absolute value before the loss (``"normalize"``: :math:`f / (\frac1K\|f\|_1)`;
@@ -137,13 +167,11 @@ def ldr_kl_loss(
         https://github.com/Optimization-AI/ICML2023_LDR (``loss.py``).
     """
     _check_logits(logits)
-    check_positive(lam, "lam")
-    check_in_range(margin, "margin", 0.0, math.inf)
-    check_choice(logit_transform, "logit_transform", LOGIT_TRANSFORMS)
-    check_class_target(target, logits, ignore_index=ignore_index)
+    _check_ldr(lam=lam, margin=margin, logit_transform=logit_transform)
+    target = check_class_target(target, logits, ignore_index=ignore_index)
     keep, safe = _safe_target(target, ignore_index)
     x = _transform(upcast(logits), logit_transform)
-    loss = _ldr_value(_margins(x, safe, margin), float(lam))
+    loss = _ldr_value(_margins(x, safe, margin, keep), float(lam))
     return reduce(loss, reduction, mask=keep)
 
 
@@ -153,7 +181,15 @@ def _check_aldr_hyper(lam0: float, alpha: float, logit_transform: str | None) ->
     # alpha > 1 keeps every updated lambda >= lam0 (1 - 1/alpha) > 0 (the authors' code
     # notes the same requirement).
     check_in_range(alpha, "alpha", 1.0, math.inf, low_inclusive=False)
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number > 1, got {alpha!r}")
     check_choice(logit_transform, "logit_transform", LOGIT_TRANSFORMS)
+
+
+def check_aldr_hyperparameters(*, lam0=10.0, alpha=2.0, margin=0.1, logit_transform=None, **_) -> None:
+    """The hyperparameter checks of :func:`aldr_kl_loss` (also run by ``nn.AdaptiveLDRKLLoss``)."""
+    _check_aldr_hyper(lam0, alpha, logit_transform)
+    _check_margin(margin)
 
 
 def _check_aldr_inputs(logits: torch.Tensor, lam: torch.Tensor) -> None:
@@ -175,7 +211,8 @@ def _new_lambda(x: torch.Tensor, lam: torch.Tensor, lam0: float, alpha: float) -
         logp = torch.log_softmax(x.detach() / lam.unsqueeze(-1), dim=-1)
         p = logp.exp()
         # KL(p || 1/K) = log K + sum_k p_k log p_k; p_k = 0 contributes 0 (not 0 * -inf = NaN).
-        plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device))
+        # p == 0, not p > 0: a NaN p (NaN logits) must stay NaN, not count as 0.
+        plogp = torch.where(p == 0, torch.zeros((), dtype=p.dtype, device=p.device), p * logp)
         # Round-off can leave KL a hair outside [0, log K]; the clamp keeps the documented
         # range of lambda exactly.
         kl = (log_k + plogp.sum(-1)).clamp(0.0, log_k)
@@ -196,9 +233,8 @@ def _aldr_kl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(reduced loss, updated lambda (N,)); shared by :func:`aldr_kl_loss` and the Module."""
     _check_aldr_inputs(logits, lam)
-    _check_aldr_hyper(lam0, alpha, logit_transform)
-    check_in_range(margin, "margin", 0.0, math.inf)
-    check_class_target(target, logits, ignore_index=ignore_index)
+    check_aldr_hyperparameters(lam0=lam0, alpha=alpha, margin=margin, logit_transform=logit_transform)
+    target = check_class_target(target, logits, ignore_index=ignore_index)
     keep, safe = _safe_target(target, ignore_index)
     x = _transform(upcast(logits), logit_transform)
     lam_old = upcast(lam.detach(), x.dtype)
@@ -206,7 +242,7 @@ def _aldr_kl(
     new = torch.where(keep, _new_lambda(x, lam_old, lam0, alpha), lam_old)
     k = x.shape[-1]
     penalty = (alpha * math.log(k) / (2.0 * lam0)) * (new - lam0).square()
-    loss = _ldr_value(_margins(x, safe, margin), new) - penalty
+    loss = _ldr_value(_margins(x, safe, margin, keep), new) - penalty
     return reduce(loss, reduction, mask=keep), new
 
 
@@ -255,19 +291,40 @@ def aldr_kl_update(
 
 
 def _aldr_example() -> Example:
+    hyper = {"lam0": 10.0, "alpha": 2.0, "margin": 0.1}
+
+    def lam(gen: torch.Generator, n: int) -> torch.Tensor:
+        return torch.rand(n, generator=gen, dtype=torch.float64) * 5 + 5
+
     def make(gen: torch.Generator):
-        lam = torch.rand(7, generator=gen, dtype=torch.float64) * 5 + 5
-        return (randn(gen, 7, 5), randint(gen, 5, 7), lam), {"lam0": 10.0, "alpha": 2.0, "margin": 0.1}
+        return (randn(gen, 7, 5), randint(gen, 5, 7), lam(gen, 7)), dict(hyper)
 
     def mismatch(gen: torch.Generator):
-        return (randn(gen, 7, 5), randint(gen, 5, 7), torch.ones(6, dtype=torch.float64)), {}
+        return (randn(gen, 7, 5), randint(gen, 5, 7), torch.ones(6, dtype=torch.float64)), dict(hyper)
+
+    def ignored(gen: torch.Generator):
+        target = randint(gen, 5, 7)
+        target[::3] = IGNORE
+        return (randn(gen, 7, 5), target, lam(gen, 7)), dict(hyper)
+
+    def empty(gen: torch.Generator):
+        return (randn(gen, 7, 5), torch.full((7,), IGNORE, dtype=torch.long), lam(gen, 7)), dict(hyper)
+
+    def module(gen: torch.Generator):
+        from ..nn import AdaptiveLDRKLLoss
+
+        crit = AdaptiveLDRKLLoss(num_samples=20, **hyper)
+        # One training step first, so that the state being round-tripped is not the initial one.
+        crit(randn(gen, 6, 5), randint(gen, 5, 6), torch.randperm(20, generator=gen)[:6])
+        return crit, (randn(gen, 7, 5), randint(gen, 5, 7), torch.randperm(20, generator=gen)[:7]), {}
 
     # grad=(): lambda is updated from the logits inside the call and then held constant
     # (stop-gradient, as in the paper's algorithm), so finite differences of the value see
     # d(loss)/d(lambda) * d(lambda)/d(logits) that the defined gradient leaves out on
     # purpose. tests/functional/test_classification_ldr.py checks the gradient against
     # finite differences at fixed lambda instead.
-    return Example(make=make, mismatch=mismatch, logits=(0,), grad=())
+    return Example(make=make, mismatch=mismatch, mismatch_match="lam", extreme=(0,), grad=(),
+                   mean_rule=class_weighted_mean, variants=(ignored,), empty=empty, module=module)
 
 
 @register(
@@ -276,10 +333,13 @@ def _aldr_example() -> Example:
     reference=LDR_PAPER,
     seed=LDR_SEED,
     example=_aldr_example(),
+    tags=("noisy labels", "label noise", "robust loss", "distributionally robust", "adaptive", "per-sample state"),
     input_kind="logits",
+    noise_robust=True,
     needs_index=False,
     stateful_module=True,
 )
+@hyperparameter_checks(check_aldr_hyperparameters)
 def aldr_kl_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

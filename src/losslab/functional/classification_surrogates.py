@@ -9,16 +9,18 @@ from .._checks import (
     check_choice,
     check_class_target,
     check_floating,
+    check_integer,
     check_ndim,
     check_positive,
     check_size,
+    check_tensor,
+    hyperparameter_checks,
     validation_enabled,
 )
 from .._numerics import compute_dtype, upcast
 from .._reduction import reduce
 from ..registry import Example, Reference, register
 from ._examples import randint, randn
-from .classification import cross_entropy
 
 __all__ = ["anyloss", "ensloss", "ensloss_derivatives", "normalized_softmax_loss", "ANYLOSS_METRICS"]
 
@@ -43,7 +45,16 @@ NSOFTMAX_PAPER = Reference(
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return num / den.clamp_min(torch.finfo(den.dtype).tiny)
+    """``num / den``, and 0 with a zero gradient where ``den == 0`` (sklearn's ``zero_division=0``).
+
+    A denominator is 0 only for a class without samples (e.g. ``TP + FN``). Dividing by a
+    clamped ``tiny`` instead gave the right value but a gradient of ``1 / tiny = inf``, and
+    ``inf * 0 = NaN`` in the backward pass. ``den == 0`` rather than ``den > 0`` so that a
+    NaN denominator stays NaN.
+    """
+    empty = den == 0
+    return torch.where(empty, torch.zeros((), dtype=num.dtype, device=num.device),
+                       num / torch.where(empty, torch.ones((), dtype=den.dtype, device=den.device), den))
 
 
 def _f_beta(tp, fn, fp, tn, beta):
@@ -62,14 +73,48 @@ ANYLOSS_METRICS = {
 }
 
 
+def _binary_target(target: torch.Tensor, scores: torch.Tensor, scores_name: str) -> torch.Tensor:
+    """0/1 labels of ``scores``' shape, any integer dtype; returned as int64.
+
+    The binary counterpart of ``check_class_target`` (same dtype rule and message style).
+    """
+    check_tensor(target, "target")
+    if target.is_floating_point():
+        raise TypeError(f"target: binary labels must be integers 0/1 (got dtype {target.dtype}), "
+                        f"one per entry of {scores_name} {tuple(scores.shape)}")
+    check_integer(target, "target")
+    if target.shape != scores.shape:
+        raise ValueError(f"target must have the shape of {scores_name} {tuple(scores.shape)}, got {tuple(target.shape)}")
+    if target.dtype != torch.int64:
+        target = target.long()
+    if validation_enabled() and target.numel() > 0:
+        lo, hi = torch.aminmax(target)
+        if int(lo) < 0 or int(hi) > 1:
+            raise ValueError(f"target must hold binary labels 0/1, found {int(lo) if int(lo) < 0 else int(hi)}")
+    return target
+
+
+def _check_anyloss(*, metric="f1", beta=1.0, amplifier=73.0, **_) -> None:
+    check_choice(metric, "metric", tuple(ANYLOSS_METRICS))
+    check_positive(beta, "beta")
+    check_positive(amplifier, "amplifier")
+
+
 def _anyloss_example() -> Example:
     def make(gen: torch.Generator):
         return (torch.sigmoid(randn(gen, 12)), randint(gen, 2, 12)), {"metric": "f1"}
 
+    def multiclass(gen: torch.Generator):
+        return (torch.softmax(randn(gen, 12, 3), -1), randint(gen, 3, 12)), {"metric": "balanced_accuracy"}
+
     def mismatch(gen: torch.Generator):
         return (torch.sigmoid(randn(gen, 12)), randint(gen, 2, 10)), {"metric": "f1"}
 
-    return Example(make=make, mismatch=mismatch, logits=())
+    return Example(
+        make=make, mismatch=mismatch, mismatch_match="target", variants=(multiclass,), extreme=(),
+        extreme_skip="probs are probabilities in [0, 1] (scaled by 1e4 they are rejected); the saturated "
+                     "ends 0 and 1 are tested in tests/functional/test_classification_surrogates.py",
+    )
 
 
 @register(
@@ -78,9 +123,13 @@ def _anyloss_example() -> Example:
     reference=ANYLOSS_PAPER,
     seed=ANYLOSS_PAPER.title,
     example=_anyloss_example(),
+    tags=("class imbalance", "imbalanced data", "F1", "balanced accuracy", "metric optimization", "confusion matrix"),
     input_kind="probabilities",
+    # One value for the whole batch: the soft confusion matrix sums over the samples and the
+    # metric (a ratio of those sums) has no per-sample form.
     batch_level=True,
 )
+@hyperparameter_checks(_check_anyloss)
 def anyloss(
     probs: torch.Tensor,
     target: torch.Tensor,
@@ -120,7 +169,7 @@ def anyloss(
 
     Args:
         probs: ``(N,)`` or ``(N, C)`` probabilities in [0, 1].
-        target: ``(N,)`` 0/1 labels (binary) or class indices (multi-class).
+        target: ``(N,)`` 0/1 labels (binary) or class indices (multi-class), any integer dtype.
         metric: one of ``"accuracy"``, ``"f1"``, ``"fbeta"``, ``"balanced_accuracy"``, ``"gmean"``.
         beta: :math:`\beta > 0` of ``"fbeta"``.
         amplifier: :math:`L > 0`.
@@ -141,13 +190,13 @@ def anyloss(
     """
     check_floating(probs, "probs")
     check_ndim(probs, "probs", (1, 2))
-    check_choice(metric, "metric", tuple(ANYLOSS_METRICS))
-    check_positive(beta, "beta")
-    check_positive(amplifier, "amplifier")
+    _check_anyloss(metric=metric, beta=beta, amplifier=amplifier)
     if probs.dim() == 1:
-        check_class_target(target, probs.unsqueeze(-1).expand(-1, 2), name="target")
+        target = _binary_target(target, probs, "probs")
     else:
-        check_class_target(target, probs, name="target")
+        target = check_class_target(target, probs, name="target", logits_name="probs")
+    # A range check (it also rejects NaN); probs is (N,) or (N, C) with small C, and the
+    # metric needs every entry anyway.
     if validation_enabled() and probs.numel() > 0:
         lo, hi = float(probs.detach().min()), float(probs.detach().max())
         if lo < 0 or hi > 1 or math.isnan(lo):
@@ -174,7 +223,15 @@ def _nsoftmax_example() -> Example:
     def mismatch(gen: torch.Generator):
         return (randn(gen, 8, 4), randint(gen, 3, 8), randn(gen, 3, 5)), {"temperature": 0.5}
 
-    return Example(make=make, mismatch=mismatch, logits=(0,))
+    def module(gen: torch.Generator):
+        from ..nn import NormalizedSoftmaxLoss
+
+        crit = NormalizedSoftmaxLoss(num_classes=3, embedding_size=4, temperature=0.5).double()
+        with torch.no_grad():
+            crit.proxies.copy_(randn(gen, 3, 4))
+        return crit, (randn(gen, 8, 4), randint(gen, 3, 8)), {}
+
+    return Example(make=make, mismatch=mismatch, mismatch_match="proxies", extreme=(0, 2), module=module)
 
 
 @register(
@@ -183,6 +240,7 @@ def _nsoftmax_example() -> Example:
     reference=NSOFTMAX_PAPER,
     seed="Hyperspherical embedding for novel class classification",
     example=_nsoftmax_example(),
+    tags=("metric learning", "proxies", "retrieval", "hypersphere", "cosine similarity"),
     input_kind="embeddings",
     module_owns_parameters=True,
 )
@@ -237,7 +295,11 @@ def normalized_softmax_loss(
     dtype = compute_dtype(embeddings, proxies)
     e = torch.nn.functional.normalize(upcast(embeddings, dtype), dim=-1)
     w = torch.nn.functional.normalize(upcast(proxies, dtype), dim=-1)
-    return cross_entropy(e @ w.T / temperature, labels, reduction=reduction)
+    logits = e @ w.T / temperature
+    # labels index the proxies' rows: (N,) class indices in [0, C), any integer dtype.
+    labels = check_class_target(labels, logits, name="labels", logits_name="embeddings @ proxies.T")
+    loss = -torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return reduce(loss, reduction)
 
 
 def ensloss_derivatives(
@@ -278,19 +340,47 @@ def ensloss_derivatives(
         return (out - 1e-6).reshape(margins.shape)
 
 
+def _check_boxcox_lambda(boxcox_lambda: float) -> None:
+    if isinstance(boxcox_lambda, bool) or not isinstance(boxcox_lambda, (int, float)) \
+            or not math.isfinite(boxcox_lambda):
+        raise ValueError(f"boxcox_lambda must be a finite number, got {boxcox_lambda!r}")
+
+
+def _check_seed(seed: int | None) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+
+def check_ensloss_hyperparameters(*, boxcox_lambda=0.0, seed=None, **_) -> None:
+    """The hyperparameter checks of :func:`ensloss` (also run by ``nn.EnsLoss``)."""
+    _check_boxcox_lambda(boxcox_lambda)
+    _check_seed(seed)
+
+
 def _ensloss_example() -> Example:
     def make(gen: torch.Generator):
         return (randn(gen, 10), randint(gen, 2, 10)), {"seed": 3}
 
+    def leading(gen: torch.Generator):
+        return (randn(gen, 2, 5), randint(gen, 2, 2, 5)), {"seed": 4, "boxcox_lambda": 0.5}
+
     def mismatch(gen: torch.Generator):
         return (randn(gen, 10), randint(gen, 2, 8)), {"seed": 3}
+
+    def module(gen: torch.Generator):
+        from ..nn import EnsLoss
+
+        crit = EnsLoss(seed=5)
+        crit(randn(gen, 10), randint(gen, 2, 10))  # advance the stream: the state is not the seed's
+        return crit, (randn(gen, 10), randint(gen, 2, 10)), {}
 
     # grad=(): the defined gradient g·y is not the derivative of the value sg(g)·s as a
     # function of the logits: g is re-drawn from the margins' ranks at every call, and for
     # margins s > 1 the value (g/s)·s = g is constant, so finite differences see 0 where
     # the gradient is g/s. The gradient is tested against the drawn derivatives directly
     # in tests/functional/test_classification_surrogates.py.
-    return Example(make=make, mismatch=mismatch, logits=(0,), grad=())
+    return Example(make=make, mismatch=mismatch, mismatch_match="target", extreme=(0,), grad=(),
+                   variants=(leading,), module=module)
 
 
 @register(
@@ -299,10 +389,14 @@ def _ensloss_example() -> Example:
     reference=ENSLOSS_PAPER,
     seed=ENSLOSS_PAPER.title,
     example=_ensloss_example(),
-    input_kind="logits",
+    tags=("overfitting", "regularization", "ensemble", "binary classification", "stochastic", "calibrated"),
+    input_kind="binary logits",
     classification_calibrated=True,
     stochastic=True,
+    graph_breaks="draws the derivatives from a torch.Generator (seed= creates one per call), "
+                 "which torch.compile cannot create or trace inside a graph",
 )
+@hyperparameter_checks(check_ensloss_hyperparameters)
 def ensloss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -337,9 +431,13 @@ def ensloss(
     neither (torch's global generator). The authors' code draws from the global
     generator and runs on CUDA only.
 
+    Non-finite inputs (see CONTRIBUTING.md): a NaN logit gives a NaN loss; an infinite
+    margin :math:`s_i = \pm\infty` gives :math:`\mp\infty` (the drawn derivative is
+    negative), a non-finite loss too.
+
     Args:
         logits: ``(*)`` real scores :math:`f(x)`.
-        target: ``(*)`` 0/1 labels.
+        target: ``(*)`` 0/1 labels (any integer dtype).
         boxcox_lambda: :math:`\lambda` of the inverse Box–Cox transform (0: :math:`-e^z`,
             the paper's choice).
         generator: optional ``torch.Generator`` (any device; the draw is moved to the
@@ -365,19 +463,11 @@ def ensloss(
         https://github.com/statmlben/ensLoss (``losses.py``).
     """
     check_floating(logits, "logits")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if target.shape != logits.shape:
-        raise ValueError(f"target must have the shape of logits {tuple(logits.shape)}, got {tuple(target.shape)}")
-    if validation_enabled() and target.numel() > 0 and bool(((target != 0) & (target != 1)).any()):
-        raise ValueError("target must hold binary labels 0/1")
-    if not isinstance(boxcox_lambda, (int, float)) or not math.isfinite(boxcox_lambda):
-        raise ValueError(f"boxcox_lambda must be a finite number, got {boxcox_lambda!r}")
+    target = _binary_target(target, logits, "logits")
+    check_ensloss_hyperparameters(boxcox_lambda=boxcox_lambda, seed=seed)
     if seed is not None:
         if generator is not None:
             raise ValueError("pass either generator or seed, not both")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         generator = torch.Generator().manual_seed(seed)
     x = upcast(logits)
     s = x * (2.0 * target.to(x.dtype) - 1.0)

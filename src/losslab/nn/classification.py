@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import functional as F
-from .._checks import check_class_target, check_floating, check_in_range, check_nonnegative, check_reduction
+from .._checks import check_class_target, check_floating, check_hyperparameters, check_in_range
 from ..distributed import is_distributed
 from ..registry import register_module
 from ._base import FunctionalLoss
@@ -23,7 +23,7 @@ class ZLoss(FunctionalLoss, function=F.z_loss):
 
 
 @register_module("focal_loss")
-class FocalLoss(FunctionalLoss, function=F.focal_loss):
+class FocalLoss(FunctionalLoss, function=F.focal_loss, constants=("weight", "alpha")):
     """Module form of :func:`losslab.functional.focal_loss`."""
 
 
@@ -37,6 +37,7 @@ class LogitAdjustedLoss(FunctionalLoss, function=F.logit_adjusted_cross_entropy)
     """Module form of :func:`losslab.functional.logit_adjusted_cross_entropy` with a fixed prior."""
 
 
+@register_module("logit_adjusted_cross_entropy")
 class AdaptiveLogitAdjustedLoss(torch.nn.Module):
     r"""Logit-adjusted cross-entropy whose per-class prior follows each class's learning status (PromptMRG).
 
@@ -92,11 +93,13 @@ class AdaptiveLogitAdjustedLoss(torch.nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 2:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        check_nonnegative(tau, "tau")
+        # The function's own checks (tau >= 0, reduction, ignore_index) with the prior this
+        # Module starts from (all ones): a bad value fails here, not at the first batch.
+        check_hyperparameters(F.logit_adjusted_cross_entropy, {
+            "prior": torch.ones(num_classes), "tau": tau, "ignore_index": ignore_index, "reduction": reduction})
         check_in_range(floor, "floor", 0.0, 1.0, low_inclusive=False)
-        check_reduction(reduction)
         self.tau = float(tau)
         self.floor = float(floor)
         self.ignore_index = int(ignore_index)
@@ -110,7 +113,8 @@ class AdaptiveLogitAdjustedLoss(torch.nn.Module):
         """Set :math:`b` to the class frequencies divided by their maximum (floored at ``floor``)."""
         c = self.status.shape[0]
         counts = torch.as_tensor(class_counts).detach().to(torch.float64)
-        if counts.shape != (c,) or bool((counts < 0).any()) or not bool((counts > 0).any()):
+        # (counts >= 0).all(): a NaN count is rejected too.
+        if counts.shape != (c,) or not bool((counts >= 0).all()) or not bool((counts > 0).any()):
             raise ValueError(
                 f"class_counts must be a non-negative ({c},) tensor with a positive entry, got {counts.tolist()}"
             )
@@ -128,8 +132,7 @@ class AdaptiveLogitAdjustedLoss(torch.nn.Module):
         check_floating(probs, "probs")
         if probs.dim() != 2 or probs.shape[1] != c:
             raise ValueError(f"probs must have shape (N, {c}), got {tuple(probs.shape)}")
-        check_class_target(target, probs)
-        t = target.long()
+        t = check_class_target(target, probs, logits_name="probs")
         p_true = probs.to(torch.float64).gather(1, t.unsqueeze(1)).squeeze(1)
         sums = torch.zeros(c, dtype=torch.float64, device=probs.device).index_add_(0, t, p_true)
         counts = torch.bincount(t, minlength=c).to(torch.float64)

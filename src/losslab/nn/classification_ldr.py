@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from .. import functional as F
-from .._checks import check_floating, check_index, check_ndim, check_reduction
-from ..functional.classification_ldr import _aldr_kl, _check_aldr_hyper
+from .._checks import check_floating, check_hyperparameters, check_index, check_ndim
+from ..functional.classification_ldr import _aldr_kl
 from ..registry import register_module
 from ._base import FunctionalLoss
 
@@ -76,8 +76,9 @@ class AdaptiveLDRKLLoss(torch.nn.Module):
         super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-        _check_aldr_hyper(lam0, alpha, logit_transform)
-        check_reduction(reduction)
+        check_hyperparameters(F.aldr_kl_loss, {
+            "lam0": lam0, "alpha": alpha, "margin": margin, "logit_transform": logit_transform,
+            "ignore_index": ignore_index, "reduction": reduction})
         self.lam0, self.alpha, self.margin = float(lam0), float(alpha), float(margin)
         self.logit_transform, self.ignore_index, self.reduction = logit_transform, ignore_index, reduction
         self.register_buffer("lam", torch.full((num_samples,), float(lam0), dtype=torch.float32))
@@ -90,7 +91,8 @@ class AdaptiveLDRKLLoss(torch.nn.Module):
         check_floating(logits, "logits")
         check_ndim(logits, "logits", 2)
         check_index(index, "index", length=logits.shape[0], size=self.num_samples)
-        index = index.to(self.lam.device)
+        # int64 whatever integer dtype came in (a uint8 index would be read as a boolean mask).
+        index = index.to(device=self.lam.device, dtype=torch.long)
         loss, new_lam = _aldr_kl(
             logits,
             target,

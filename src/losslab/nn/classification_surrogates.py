@@ -6,6 +6,7 @@ import math
 import torch
 
 from .. import functional as F
+from .._checks import check_hyperparameters
 from ..registry import register_module
 from ._base import FunctionalLoss
 
@@ -43,8 +44,7 @@ class EnsLoss(torch.nn.Module):
 
     def __init__(self, *, boxcox_lambda: float = 0.0, seed: int | None = None, reduction: str = "mean") -> None:
         super().__init__()
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        check_hyperparameters(F.ensloss, {"boxcox_lambda": boxcox_lambda, "seed": seed, "reduction": reduction})
         self.boxcox_lambda, self.reduction, self.seed = float(boxcox_lambda), reduction, seed
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -53,15 +53,19 @@ class EnsLoss(torch.nn.Module):
             logits, target, boxcox_lambda=self.boxcox_lambda, generator=self.generator, reduction=self.reduction
         )
 
-    def get_extra_state(self):
-        return {"generator_state": self.generator.get_state() if self.generator is not None else None}
+    def get_extra_state(self) -> torch.Tensor:
+        """The generator's state (a uint8 tensor; empty when drawing from torch's global generator)."""
+        if self.generator is None:
+            return torch.empty(0, dtype=torch.uint8)
+        return self.generator.get_state()
 
     def set_extra_state(self, state) -> None:
-        gen_state = state.get("generator_state") if isinstance(state, dict) else None
-        if gen_state is not None:
+        if isinstance(state, dict):  # the earlier format: {"generator_state": tensor or None}
+            state = state.get("generator_state")
+        if state is not None and state.numel() > 0:
             if self.generator is None:
                 self.generator = torch.Generator()
-            self.generator.set_state(gen_state)
+            self.generator.set_state(state)
 
     def extra_repr(self) -> str:
         return f"boxcox_lambda={self.boxcox_lambda}, seed={self.seed}, reduction={self.reduction!r}"
@@ -87,6 +91,10 @@ class NormalizedSoftmaxLoss(torch.nn.Module):
 
     def __init__(self, num_classes: int, embedding_size: int, *, temperature: float = 0.05, reduction: str = "mean"):
         super().__init__()
+        for name, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_hyperparameters(F.normalized_softmax_loss, {"temperature": temperature, "reduction": reduction})
         self.proxies = torch.nn.Parameter(torch.empty(num_classes, embedding_size))
         # Kaiming-uniform like nn.Linear; the scale is irrelevant after normalization.
         torch.nn.init.kaiming_uniform_(self.proxies, a=math.sqrt(5))
