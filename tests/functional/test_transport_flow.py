@@ -276,12 +276,34 @@ def test_bad_inputs_name_the_argument():
         LF.weighted_cfm_loss(v, x0, x1, epsilon=1.0, reduction="batchmean")
     with pytest.raises(TypeError, match="x1"):
         LF.weighted_cfm_loss(v, x0, x1.long(), epsilon=1.0)
-    bad = x0.clone()
-    bad[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="x0 contains NaN"):
-        LF.weighted_cfm_loss(v, bad, x1, epsilon=1.0)
-    with losslab.validation(False):
-        assert torch.isnan(LF.weighted_cfm_loss(v, bad, x1, epsilon=1.0, reduction="none")[0])
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_nan_in_a_row_gives_a_nan_loss(validate, where):
+    """No NaN scan over the (possibly image-sized) inputs: a NaN propagates to its row's loss, and
+    a NaN sample with normalized weights to every row's (they share the normalizer)."""
+    inputs = [t.clone() for t in _batch()]
+    inputs[where][3, 1] = float("nan")
+    with losslab.validation(validate):
+        raw = LF.weighted_cfm_loss(*inputs, epsilon=1.0, reduction="none")
+        assert torch.isnan(raw[3]) and torch.isfinite(raw[[0, 1, 2, 4, 5, 6]]).all()
+        assert torch.isnan(LF.weighted_cfm_loss(*inputs, epsilon=1.0))
+        normalized = LF.weighted_cfm_loss(*inputs, epsilon=1.0, normalize=True, reduction="none")
+        if where:  # a NaN sample: every normalized weight is NaN
+            assert torch.isnan(normalized).all()
+            assert torch.isnan(LF.gibbs_pair_weights(inputs[1], inputs[2], epsilon=1.0)[3])
+        else:  # a NaN velocity: that row only
+            assert torch.isnan(normalized[3]) and torch.isfinite(normalized[[0, 1, 2, 4, 5, 6]]).all()
+
+
+def test_module_checks_hyperparameters_at_construction():
+    for kw, msg in [({}, "epsilon is required"), ({"epsilon": 0.0}, "epsilon"), ({"epsilon": 1.0, "cost": "l1"}, "cost"),
+                    ({"epsilon": 1.0, "reduction": "avg"}, "reduction")]:
+        with pytest.raises(ValueError, match=msg):
+            losslab.nn.WeightedCFMLoss(**kw)
+    with pytest.raises(TypeError, match="detach_weights"):
+        losslab.nn.WeightedCFMLoss(epsilon=1.0, detach_weights="no")
 
 
 # ----------------------------------------------------------------------------- the path helper

@@ -70,17 +70,18 @@ def run(args) -> int:
         for cv in ESTIMATORS:
             var = statistics.pvariance(est[cv])
             rows.append({"projections": L, "estimator": cv or "plain", "mean_sw2": statistics.fmean(est[cv]),
-                         "variance": var, "variance_ratio_to_plain": var / base if base > 0 else float("nan")})
+                         "variance": var, "variance_ratio_to_plain": var / base if base > 0 else float("nan"),
+                         "variance_reduction": base / var if var > 0 else float("inf")})
     out = Path(args.out)
     config = {"classes": list(classes), "dims": args.dims, "points_per_cloud": int(x.shape[0]), "repeats": args.repeats}
     write_json(out / "results.json", {"config": config, "results": rows})
     _plot(out, rows, config)
     print(f"SW_2^2 between digits {classes[0]} and {classes[1]} (PCA {args.dims}, {x.shape[0]} points each), "
           f"{args.repeats} repeats per L")
-    print(f"{'L':>6} {'estimator':>10} {'mean':>10} {'variance':>12} {'var / plain':>12}")
+    print(f"{'L':>6} {'estimator':>10} {'mean':>10} {'variance':>12} {'var / plain':>12} {'reduction':>10}")
     for r in rows:
         print(f"{r['projections']:>6} {r['estimator']:>10} {r['mean_sw2']:>10.4f} {r['variance']:>12.4g} "
-              f"{r['variance_ratio_to_plain']:>12.3f}")
+              f"{r['variance_ratio_to_plain']:>12.3g} {r['variance_reduction']:>9.1f}x")
     print(f"(results in {out}/results.json and variance.png)")
     return 0
 

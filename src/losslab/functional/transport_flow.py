@@ -23,10 +23,11 @@ from typing import Callable
 import torch
 
 from .._checks import (
-    check_choice, check_finite, check_floating, check_nonnegative, check_positive, check_same_shape, validation_enabled,
+    check_choice, check_finite, check_floating, check_nonnegative, check_positive, check_same_shape,
+    hyperparameter_checks, validation_enabled,
 )
 from .._numerics import compute_dtype, upcast
-from .._reduction import reduce
+from .._reduction import Reduction, reduce
 from ..registry import Example, Reference, register
 from ._examples import randn
 from .transport import COSTS, paired_cost
@@ -50,6 +51,7 @@ ICFM_PAPER = Reference(
 
 
 def _check_samples(x0: torch.Tensor, x1: torch.Tensor) -> None:
+    """Shapes and dtypes only: a NaN in a sample propagates to its weight and loss (no pass over the data)."""
     check_floating(x0, "x0")
     check_floating(x1, "x1")
     check_same_shape(x0, x1, ("x0", "x1"))
@@ -57,13 +59,29 @@ def _check_samples(x0: torch.Tensor, x1: torch.Tensor) -> None:
         raise ValueError(
             f"x0 and x1 must be (B, *) batches with at least one feature dimension, got shape {tuple(x0.shape)}"
         )
-    check_finite(x0, "x0")
-    check_finite(x1, "x1")
+
+
+def _check_flag(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _check_cost(cost: str | Callable) -> None:
     if not callable(cost):
         check_choice(cost, "cost", COSTS)
+
+
+def _check_weights(*, epsilon=None, cost="euclidean", normalize=False, **_):
+    if epsilon is None:
+        raise ValueError("epsilon is required (no default: its scale depends on the data, e.g. kappa * sqrt(d))")
+    check_positive(epsilon, "epsilon")
+    _check_cost(cost)
+    _check_flag(normalize, "normalize")
+
+
+def _check_wcfm(*, epsilon=None, cost="euclidean", normalize=False, detach_weights=True, **_):
+    _check_weights(epsilon=epsilon, cost=cost, normalize=normalize)
+    _check_flag(detach_weights, "detach_weights")
 
 
 def _log_gibbs(x0: torch.Tensor, x1: torch.Tensor, epsilon: float, cost: str | Callable) -> torch.Tensor:
@@ -125,8 +143,7 @@ def gibbs_pair_weights(
         https://arxiv.org/abs/2507.22270.
     """
     _check_samples(x0, x1)
-    check_positive(epsilon, "epsilon")
-    _check_cost(cost)
+    _check_weights(epsilon=epsilon, cost=cost, normalize=normalize)
     dtype = compute_dtype(x0, x1)
     logw = _log_gibbs(upcast(x0, dtype), upcast(x1, dtype), float(epsilon), cost)
     return _weights_from_log(logw, normalize)
@@ -221,13 +238,20 @@ def _wcfm_example() -> Example:
     def mismatch(gen):
         return (randn(gen, 6, 3), randn(gen, 6, 4), randn(gen, 6, 4)), dict(epsilon=2.0)
 
+    def normalized_images(gen):  # image-shaped samples, self-normalized weights, squared cost
+        return (randn(gen, 4, 2, 3), randn(gen, 4, 2, 3), randn(gen, 4, 2, 3)), dict(
+            epsilon=3.0, cost="sqeuclidean", normalize=True, detach_weights=False)
+
     # Every input is scaled to magnitude 1e4 in the extreme-input test; all three are
     # gradchecked (detach_weights=False so the finite differences see the weights move too).
-    return Example(make=make, mismatch=mismatch, logits=(0, 1, 2))
+    return Example(make=make, mismatch=mismatch, mismatch_match="velocity", extreme=(0, 1, 2),
+                   variants=(normalized_images,))
 
 
 @register("weighted_cfm_loss", family="transport", reference=WCFM_PAPER, seed=WCFM_PAPER.title,
-          example=_wcfm_example(), input_kind="velocity field and paired samples", batch_level=False)
+          example=_wcfm_example(), input_kind="velocity field and paired samples",
+          tags=("flow matching", "generative model", "optimal transport", "entropic ot"))
+@hyperparameter_checks(_check_wcfm)
 def weighted_cfm_loss(
     velocity: torch.Tensor,
     x0: torch.Tensor,
@@ -237,7 +261,7 @@ def weighted_cfm_loss(
     cost: str | Callable = "euclidean",
     normalize: bool = False,
     detach_weights: bool = True,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Weighted conditional flow matching (W-CFM): the I-CFM regression with Gibbs-kernel pair weights.
 
@@ -292,6 +316,9 @@ def weighted_cfm_loss(
       :math:`x_t`, see :func:`cfm_interpolate`). The squared norm is summed over the feature
       dimensions (torchcfm's ``mean((v - u)**2)`` is this over :math:`B\cdot d` with unit
       weights, i.e. smaller by the factor d).
+    - **Non-finite inputs.** A NaN in a row gives that row a NaN loss (with
+      ``normalize=True`` every row's, since the weights share the batch's normalizer), so
+      the reduced loss is NaN; nothing scans the inputs for NaN beforehand.
 
     Args:
         velocity: the model's prediction :math:`v_\theta(t, x_t)`, ``(B, *)``.
@@ -335,9 +362,7 @@ def weighted_cfm_loss(
     check_floating(velocity, "velocity")
     _check_samples(x0, x1)
     check_same_shape(velocity, x0, ("velocity", "x0"))
-    check_finite(velocity, "velocity")
-    check_positive(epsilon, "epsilon")
-    _check_cost(cost)
+    _check_wcfm(epsilon=epsilon, cost=cost, normalize=normalize, detach_weights=detach_weights)
     dtype = compute_dtype(velocity, x0, x1)
     v, a, b = upcast(velocity, dtype), upcast(x0, dtype), upcast(x1, dtype)
     # Detached by default: the weights are constants of the regression (see Conventions).

@@ -30,4 +30,8 @@ class GaussianKL(FunctionalLoss, function=F.gaussian_kl):
 
 @register_module("sliced_wasserstein")
 class SlicedWasserstein(FunctionalLoss, function=F.sliced_wasserstein):
-    """Module form of :func:`losslab.functional.sliced_wasserstein`."""
+    """Module form of :func:`losslab.functional.sliced_wasserstein`.
+
+    ``SlicedWasserstein(num_projections=100, control_variate="lower")(x, y, generator=g)``:
+    the directions (``projections``) and their ``generator`` change per batch and go to ``forward``.
+    """
