@@ -17,6 +17,7 @@ from . import contrastive as _contrastive
 from . import contrastive_robust as _contrastive_robust
 from . import contrastive_multihead as _contrastive_multihead
 from . import metric as _metric
+from . import metric_triplet as _metric_triplet
 from . import metric_fewshot as _metric_fewshot
 from . import ranking as _ranking
 from . import large_vocab as _large_vocab
@@ -34,6 +35,7 @@ from .contrastive import *  # noqa: F401,F403
 from .contrastive_robust import *  # noqa: F401,F403
 from .contrastive_multihead import *  # noqa: F401,F403
 from .metric import *  # noqa: F401,F403
+from .metric_triplet import *  # noqa: F401,F403
 from .metric_fewshot import *  # noqa: F401,F403
 from .ranking import *  # noqa: F401,F403
 from .large_vocab import *  # noqa: F401,F403
@@ -52,6 +54,7 @@ __all__: list[str] = [
     *_contrastive_robust.__all__,
     *_contrastive_multihead.__all__,
     *_metric.__all__,
+    *_metric_triplet.__all__,
     *_metric_fewshot.__all__,
     *_ranking.__all__,
     *_large_vocab.__all__,

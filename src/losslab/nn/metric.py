@@ -1,4 +1,5 @@
-"""Module wrappers for the metric-learning family (see :mod:`losslab.functional.metric`)."""
+"""Module wrappers for the metric-learning family (see :mod:`losslab.functional.metric` and
+:mod:`losslab.functional.metric_triplet`)."""
 from __future__ import annotations
 
 from .. import functional as F
