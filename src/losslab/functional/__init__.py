@@ -9,6 +9,7 @@ from . import classification_compsum as _classification_compsum
 from . import classification_ldr as _classification_ldr
 from . import classification_surrogates as _classification_surrogates
 from . import divergences as _divergences
+from . import divergences_f as _divergences_f
 from . import transport as _transport
 from . import transport_kernel as _transport_kernel
 from . import transport_flow as _transport_flow
@@ -27,6 +28,7 @@ from .classification_compsum import *  # noqa: F401,F403
 from .classification_ldr import *  # noqa: F401,F403
 from .classification_surrogates import *  # noqa: F401,F403
 from .divergences import *  # noqa: F401,F403
+from .divergences_f import *  # noqa: F401,F403
 from .transport import *  # noqa: F401,F403
 from .transport_kernel import *  # noqa: F401,F403
 from .transport_flow import *  # noqa: F401,F403
@@ -46,6 +48,7 @@ __all__: list[str] = [
     *_classification_ldr.__all__,
     *_classification_surrogates.__all__,
     *_divergences.__all__,
+    *_divergences_f.__all__,
     *_transport.__all__,
     *_transport_kernel.__all__,
     *_transport_flow.__all__,
