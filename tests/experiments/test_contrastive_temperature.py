@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import pytest
@@ -6,7 +7,7 @@ import losslab
 from losslab.cli.main import main
 
 pytest.importorskip("sklearn")
-pytest.importorskip("matplotlib")
+HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
 def test_small_temperature_is_more_uniform_and_less_tolerant(tmp_path, capsys):
@@ -25,7 +26,7 @@ def test_small_temperature_is_more_uniform_and_less_tolerant(tmp_path, capsys):
     for r in res["runs"]:
         assert 0.8 < r["probe_accuracy"] <= 1.0  # 10 classes: chance is 0.1
         assert -4.0 <= r["uniformity"] <= 0.0 and -1.0 <= r["tolerance"] <= 1.0
-    assert (out / "temperature.png").read_bytes()[:4] == b"\x89PNG"
+    assert not HAS_MPL or (out / "temperature.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
     text = capsys.readouterr().out
     assert "uniformity" in text and "probe acc" in text

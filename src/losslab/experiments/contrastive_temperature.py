@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import ExperimentError
-from ._io import save_figure, write_json
+from ._io import pyplot, save_figure, write_json
 
 NAME = "contrastive-temperature"
 HELP = "uniformity, tolerance and linear-probe accuracy of a contrastive encoder on digits vs temperature"
@@ -190,7 +190,7 @@ def run(args) -> int:
     config.update(temperatures=taus, train_images=int(data[0].shape[0]), test_images=int(data[2].shape[0]),
                   seconds=round(time.perf_counter() - start, 1))
     write_json(out / "results.json", {"config": config, "summary": summary, "runs": runs})
-    _plot(out, summary, config)
+    drew = _plot(out, summary, config)
     print(f"{args.objective} on digits ({config['train_images']} train / {config['test_images']} test images), "
           f"{args.epochs} epochs, {args.seeds} seed(s), mean over seeds; metrics on held-out images")
     print(f"{'tau':>6} {'uniformity':>11} {'tolerance':>10} {'alignment':>10} {'probe acc':>10}")
@@ -198,15 +198,15 @@ def run(args) -> int:
         print(f"{r['temperature']:>6g} {r['uniformity']:>11.3f} {r['tolerance']:>10.3f} {r['alignment']:>10.3f} "
               f"{r['probe_accuracy']:>10.3f}")
     print("(uniformity: lower = more uniform; tolerance: mean cosine of same-digit pairs)")
-    print(f"(results in {out}/results.json and temperature.png; {config['seconds']} s)")
+    figure = "and temperature.png" if drew else "(no figure: matplotlib is not installed)"
+    print(f"(results in {out}/results.json {figure}; {config['seconds']} s)")
     return 0
 
 
-def _plot(out: Path, summary, config) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot(out: Path, summary, config) -> bool:
+    plt = pyplot()
+    if plt is None:  # figures are optional (matplotlib is in the cli extra)
+        return False
 
     taus = [r["temperature"] for r in summary]
     fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6))
@@ -221,3 +221,4 @@ def _plot(out: Path, summary, config) -> None:
     fig.suptitle(f"{config['objective']} on digits, {config['epochs']} epochs, {config['seeds']} seed(s)", y=1.04)
     save_figure(out / "temperature.png", fig)
     plt.close(fig)
+    return True

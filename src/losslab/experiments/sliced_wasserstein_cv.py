@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import ExperimentError
-from ._io import save_figure, write_json
+from ._io import pyplot, save_figure, write_json
 
 NAME = "sliced-wasserstein-cv"
 HELP = "variance of the sliced Wasserstein estimate vs number of projections, with and without control variates"
@@ -75,22 +75,22 @@ def run(args) -> int:
     out = Path(args.out)
     config = {"classes": list(classes), "dims": args.dims, "points_per_cloud": int(x.shape[0]), "repeats": args.repeats}
     write_json(out / "results.json", {"config": config, "results": rows})
-    _plot(out, rows, config)
+    drew = _plot(out, rows, config)
     print(f"SW_2^2 between digits {classes[0]} and {classes[1]} (PCA {args.dims}, {x.shape[0]} points each), "
           f"{args.repeats} repeats per L")
     print(f"{'L':>6} {'estimator':>10} {'mean':>10} {'variance':>12} {'var / plain':>12} {'reduction':>10}")
     for r in rows:
         print(f"{r['projections']:>6} {r['estimator']:>10} {r['mean_sw2']:>10.4f} {r['variance']:>12.4g} "
               f"{r['variance_ratio_to_plain']:>12.3g} {r['variance_reduction']:>9.1f}x")
-    print(f"(results in {out}/results.json and variance.png)")
+    figure = "and variance.png" if drew else "(no figure: matplotlib is not installed)"
+    print(f"(results in {out}/results.json {figure})")
     return 0
 
 
-def _plot(out: Path, rows, config) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot(out: Path, rows, config) -> bool:
+    plt = pyplot()
+    if plt is None:  # figures are optional (matplotlib is in the cli extra)
+        return False
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for est in ("plain", "lower", "upper"):
@@ -103,3 +103,4 @@ def _plot(out: Path, rows, config) -> None:
     ax.legend()
     save_figure(out / "variance.png", fig)
     plt.close(fig)
+    return True
