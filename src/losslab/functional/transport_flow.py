@@ -119,7 +119,7 @@ def gibbs_pair_weights(
         x1: target samples ``(B, *)``, paired with ``x0`` row by row.
         epsilon: Gibbs-kernel temperature ε > 0.
         cost: ``"euclidean"`` (default, :math:`\|x_0 - x_1\|_2`), ``"sqeuclidean"``,
-            ``"half_sqeuclidean"``, or a callable ``cost(a, b) -> (B, B)`` cost matrix between
+            ``"cosine"``, ``"dot"``, or a callable ``cost(a, b) -> (B, B)`` cost matrix between
             the flattened rows (the :func:`losslab.functional.sinkhorn` contract; its diagonal
             is used).
         normalize: divide by the batch mean of the weights.
@@ -293,7 +293,7 @@ def weighted_cfm_loss(
       an elbow rule on how much the weights tilt the marginals. (The ε = κ√d scaling is
       confirmed by the paper's public reviews; the unsquared norm by that scaling and by
       third-party readings of the paper, not by its text, which we could not consult.)
-      ``"sqeuclidean"``, ``"half_sqeuclidean"`` or a callable are accepted; with a squared
+      ``"sqeuclidean"``, ``"cosine"``, ``"dot"`` or a callable are accepted; with a squared
       cost ε must scale like d instead.
     - **ε.** Required, no default: its scale depends on the data. As ε → ∞ every weight
       tends to 1 and the loss to I-CFM's; small ε concentrates the weight on the closest pairs.
@@ -325,7 +325,7 @@ def weighted_cfm_loss(
         x0: source samples (e.g. noise) ``(B, *)``.
         x1: target samples (data) ``(B, *)``, paired with ``x0`` row by row.
         epsilon: Gibbs-kernel temperature ε > 0.
-        cost: ``"euclidean"`` (default), ``"sqeuclidean"``, ``"half_sqeuclidean"``, or a
+        cost: ``"euclidean"`` (default), ``"sqeuclidean"``, ``"cosine"``, ``"dot"``, or a
             callable ``cost(a, b) -> (B, B)`` on the flattened rows (the
             :func:`losslab.functional.sinkhorn` contract; its diagonal is used).
         normalize: divide the weights by their batch mean (see above).
