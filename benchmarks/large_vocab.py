@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/large_vocab.py            # N=4096, D=256, V in {32768, 131072, 262144}
     .venv/bin/python benchmarks/large_vocab.py --quick    # N=1024, V=32768 only, fewer repeats
     .venv/bin/python benchmarks/large_vocab.py --vocab 32768 --repeat 3
+    .venv/bin/python benchmarks/large_vocab.py --bf16-memory   # bfloat16 weight: extra peak memory vs (V, D)
 
 Forward + backward of the loss of ``hidden (N, D) @ weight (V, D).T`` with targets in
 [0, V), gradients to both. Competitors, timed interleaved in one run (a load change on a
@@ -14,12 +15,20 @@ shared machine hits all alike):
   when this torch has it (it has no z-loss / softcap, so it is left out of those rows);
 * ``ours``: ``losslab.functional.linear_cross_entropy``;
 * ``floor``: the three matrix products of the same shapes (forward logits, grad of hidden,
-  grad of weight), nothing else.
+  grad of weight) in the inputs' dtype, nothing else.
 
 Weights: ``moderate`` = ``randn(V, D) / 16``; ``peaked`` = ``randn(V, D)`` (logits of
 magnitude ~16: many softmax entries underflow to subnormal floats, which CPU arithmetic
 handles ~10x slower). Memory: extra peak RSS of one forward+backward in a fresh interpreter
 (``_timing.peak_rss_mib``). The targets of issue 5 are printed with the ratios.
+
+``--bf16-memory``: the half-precision target (a bfloat16 weight must not be copied to
+float32 nor get a float32 gradient: extra memory within the chunk buffers plus one ``(V, D)``
+tensor in bfloat16, the gradient). For each (V, D) of ``--mem-configs``, forward+backward of
+ours and of the materialized bfloat16 path, each once in a fresh interpreter: extra peak RSS
+(VmHWM after the inputs exist), wall time of that one call, the weight's size, and ours
+minus the weight's size (what is left for buffers and dh). Run it with ``PYTHONPATH`` set to
+another checkout's ``src`` to measure that version.
 
 cut-cross-entropy (Apple's CCE): its wheel requires triton on Linux; triton is not
 importable on this CPU machine, so it is reported as unavailable (its ``impl="torch_compile"``
@@ -29,8 +38,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import statistics
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -72,9 +84,9 @@ def step_fns(h, w, t, options):
     kw = OPTIONS if options else {}
     fns["ours"] = run(lambda: linear_cross_entropy(h, w, t, **kw))
 
-    # The floor runs in float32, the dtype every path computes in (bfloat16 matrix products
-    # on this CPU are ~70x slower than float32 ones and would flatter every ratio).
-    hd, wd = h.detach().float(), w.detach().float()
+    # The floor runs in the inputs' dtype: bfloat16 inputs have their products in bfloat16
+    # (the materialized path's and ours; this CPU has bfloat16 units).
+    hd, wd = h.detach(), w.detach()
 
     def floor():
         x = hd @ wd.T
@@ -108,13 +120,13 @@ from large_vocab import make, OPTIONS
 from losslab.functional import cross_entropy, linear_cross_entropy
 h, w, t = make({n}, {d}, {v}, torch.{dtype}, {peaked})
 """
-CALLS = {  # the floor in float32 as in step_fns
+CALLS = {  # the floor in the inputs' dtype as in step_fns
     "materialized": "TF.cross_entropy(h @ w.T, t).backward()",
     "materialized+opts": "cross_entropy(h @ w.T, t, **OPTIONS).backward()",
     "torch_chunked": "TF.linear_cross_entropy(h, w, t, options=torch.nn.LinearCrossEntropyOptions()).backward()",
     "ours": "linear_cross_entropy(h, w, t).backward()",
     "ours+opts": "linear_cross_entropy(h, w, t, **OPTIONS).backward()",
-    "floor": "hf, wf = h.detach().float(), w.detach().float(); x = hf @ wf.T; x @ wf; x.T @ hf",
+    "floor": "hf, wf = h.detach(), w.detach(); x = hf @ wf.T; x @ wf; x.T @ hf",
 }
 
 
@@ -126,6 +138,58 @@ def mem_available_mib() -> float:
     return float("inf")
 
 
+BF16_CALL = textwrap.dedent("""
+    import json, sys, time, gc
+    import torch
+    import torch.nn.functional as TF
+    torch.set_num_threads({threads})
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn({n}, {d}, generator=g).bfloat16().requires_grad_(True)
+    w = (torch.randn({v}, {d}, generator=g) / 16).bfloat16().requires_grad_(True)
+    t = torch.randint(0, {v}, ({n},), generator=g)
+    from losslab.functional import linear_cross_entropy
+    gc.collect()
+    def rss(key):
+        with open('/proc/self/status') as f:
+            return next(int(l.split()[1]) for l in f if l.startswith(key)) / 1024
+    with open('/proc/self/clear_refs', 'w') as f:  # reset the high-water mark after setup
+        f.write('5')
+    before = rss('VmRSS:')
+    t0 = time.perf_counter()
+    if {which!r} == "ours":
+        linear_cross_entropy(h, w, t).backward()
+    else:
+        TF.cross_entropy(h @ w.T, t).backward()
+    seconds = time.perf_counter() - t0
+    assert w.grad.dtype == torch.bfloat16
+    print(json.dumps({{"extra": rss('VmHWM:') - before, "seconds": seconds}}))
+""")
+
+
+def bf16_memory(n: int, configs: list[tuple[int, int]]) -> int:
+    import losslab
+
+    print(f"# bf16 memory: N={n} tokens, forward+backward, one call per fresh interpreter; {machine()}")
+    print(f"# losslab from {Path(losslab.__file__).parent}")
+    rows = []
+    for v, d in configs:
+        weight = v * d * 2 / 2**20
+        for which in ("ours", "materialized"):
+            code = BF16_CALL.format(threads=torch.get_num_threads(), n=n, d=d, v=v, which=which)
+            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+            res = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
+            row = {"V": v, "D": d, "method": which, "weight_MiB": weight, "extra_MiB": res.get("extra"),
+                   "seconds": res.get("seconds")}
+            if which == "ours" and row["extra_MiB"] is not None:
+                row["extra_minus_weight_MiB"] = row["extra_MiB"] - weight
+            rows.append(row)
+            print_table([row], ["V", "D", "method", "weight_MiB", "extra_MiB", "extra_minus_weight_MiB", "seconds"])
+            sys.stdout.flush()
+    print()
+    print_table(rows, ["V", "D", "method", "weight_MiB", "extra_MiB", "extra_minus_weight_MiB", "seconds"])
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="N=1024, V=32768, fewer repeats and rows")
@@ -134,7 +198,16 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, nargs="*", default=None)
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"],
+                    help="rows of these input dtypes only (default both; bfloat16 runs at the first vocabulary)")
+    ap.add_argument("--bf16-memory", action="store_true",
+                    help="only the bfloat16 memory mode: extra peak memory of ours and of the materialized path")
+    ap.add_argument("--mem-configs", nargs="*", default=["32768x1024", "131072x1024", "131072x4096"],
+                    help="VxD shapes of --bf16-memory (default 32768x1024 131072x1024 131072x4096)")
     args = ap.parse_args(argv)
+    if args.bf16_memory:
+        configs = [tuple(int(x) for x in c.lower().split("x")) for c in args.mem_configs]
+        return bf16_memory(args.n or 1024, configs)
     n = args.n or (1024 if args.quick else 4096)
     vocabs = args.vocab or ([32768] if args.quick else [32768, 131072, 262144])
     repeat = args.repeat or (3 if args.quick else 5)
@@ -150,6 +223,7 @@ def main(argv=None) -> int:
         configs.append((v, "float32", False, False))
         if v == vocabs[0]:
             configs += [(v, "float32", True, False), (v, "float32", False, True), (v, "bfloat16", False, False)]
+    configs = [c for c in configs if c[1] in args.dtypes]
     rows = []
     bench_dir = str(Path(__file__).resolve().parent)
     for v, dtype, peaked, options in configs:

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import pytest
@@ -5,7 +6,7 @@ import pytest
 from losslab.cli.main import main
 from losslab.experiments.large_vocab import load_tokens
 
-pytest.importorskip("matplotlib")
+HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 
 TINY = ["run", "large-vocab", "--steps", "6", "--batch", "32", "--dim", "16", "--chunk-size", "7"]
 
@@ -22,13 +23,14 @@ def test_tiny_run_curves_agree_and_files_are_written(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     a, b = res["runs"]["linear_cross_entropy"]["curve"], res["runs"]["materialized"]["curve"]
     assert len(a) == len(b) == 6
-    # same init and batches: the chunked and materialized losses agree to float32 round-off
-    assert res["max_abs_loss_difference"] == max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+    # same init and batches: the curves agree to 1e-6, the README's figure (measured 4.8e-7 here
+    # and 9.5e-7 = 2 float32 ulps at a loss of ~7 with seeds 1, 2 and in the default run)
+    assert res["max_abs_loss_difference"] == max(abs(x - y) for x, y in zip(a, b)) < 1e-6
     assert res["max_abs_parameter_difference"] < 1e-4
     assert a[-1] < a[0]  # it trains
     assert set(res["extra_peak_MiB"]) == {"linear_cross_entropy", "materialized"}
     assert all(v is not None and v >= 0 for v in res["extra_peak_MiB"].values())
-    assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not HAS_MPL or (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "max |loss difference|" in capsys.readouterr().out
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import ExperimentError
-from ._io import save_figure, write_json
+from ._io import pyplot, save_figure, write_json
 
 NAME = "large-vocab"
 HELP = "tiny word-level LM trained with linear_cross_entropy and with materialized logits: identical curves, memory/time"
@@ -169,7 +169,7 @@ def run(args) -> int:
     result = {"config": config, "runs": runs, "max_abs_loss_difference": max_diff,
               "max_abs_parameter_difference": param_diff, "extra_peak_MiB": memory}
     write_json(out / "results.json", result)
-    _plot(out, runs, config, max_diff)
+    drew = _plot(out, runs, config, max_diff)
 
     print(f"word-level LM on {TEXT}: {len(ids)} tokens, vocabulary {vocab}, context {args.context}, "
           f"dim {args.dim}, {args.steps} steps of {args.batch} tokens, same init and batches")
@@ -179,15 +179,15 @@ def run(args) -> int:
         mem_s = "—" if mem is None else f"{mem:.1f}"
         print(f"{kind:<22} {r['ms_per_step']:>8.2f} {r['final_train_loss']:>11.4f} {r['val_loss']:>9.4f} {mem_s:>16}")
     print(f"max |loss difference| over the curve: {max_diff:.2e}; max |parameter difference| at the end: {param_diff:.2e}")
-    print(f"wrote {out / 'results.json'} and {out / 'loss_curves.png'}")
+    figure = f"and {out / 'loss_curves.png'}" if drew else "(no figure: matplotlib is not installed)"
+    print(f"wrote {out / 'results.json'} {figure}")
     return 0
 
 
-def _plot(out: Path, runs: dict, config: dict, max_diff: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot(out: Path, runs: dict, config: dict, max_diff: float) -> bool:
+    plt = pyplot()
+    if plt is None:  # figures are optional (matplotlib is in the cli extra)
+        return False
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     styles = {"linear_cross_entropy": dict(lw=2.5, alpha=0.6), "materialized": dict(lw=1.0, ls="--", color="k")}
@@ -199,3 +199,4 @@ def _plot(out: Path, runs: dict, config: dict, max_diff: float) -> None:
     ax.legend()
     save_figure(out / "loss_curves.png", fig)
     plt.close(fig)
+    return True

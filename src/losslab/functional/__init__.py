@@ -22,6 +22,8 @@ from . import metric_triplet as _metric_triplet
 from . import metric_fewshot as _metric_fewshot
 from . import ranking as _ranking
 from . import large_vocab as _large_vocab
+from . import large_vocab_divergences as _large_vocab_divergences
+from . import large_vocab_sequence as _large_vocab_sequence
 
 from .classification import *  # noqa: F401,F403
 from .classification_compsum import *  # noqa: F401,F403
@@ -41,6 +43,8 @@ from .metric_triplet import *  # noqa: F401,F403
 from .metric_fewshot import *  # noqa: F401,F403
 from .ranking import *  # noqa: F401,F403
 from .large_vocab import *  # noqa: F401,F403
+from .large_vocab_divergences import *  # noqa: F401,F403
+from .large_vocab_sequence import *  # noqa: F401,F403
 
 __all__: list[str] = [
     *_classification.__all__,
@@ -61,4 +65,6 @@ __all__: list[str] = [
     *_metric_fewshot.__all__,
     *_ranking.__all__,
     *_large_vocab.__all__,
+    *_large_vocab_divergences.__all__,
+    *_large_vocab_sequence.__all__,
 ]

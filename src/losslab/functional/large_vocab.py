@@ -1,19 +1,50 @@
-"""Large-vocabulary objectives computed from hidden states without the N × V logit matrix.
+"""Large-vocabulary objectives from hidden states without the N × V logit matrix: the family's
+shared chunking and matrix-product machinery, and :func:`linear_cross_entropy`.
+
+The rest of the family builds on this module: :mod:`losslab.functional.large_vocab_divergences`
+(``linear_kl_divergence``, ``linear_js_divergence``) and
+:mod:`losslab.functional.large_vocab_sequence` (``sequence_logprobs``, a wrapper of
+:func:`linear_cross_entropy`). The design below holds for all of them.
 
 The logits ``hidden @ weight.T (+ bias)`` are formed one chunk of tokens at a time (full
 vocabulary rows, so each chunk's log-sum-exp is exact without an online update), used and
-dropped. :func:`linear_cross_entropy` runs on a custom :class:`torch.autograd.Function`:
+dropped. Every objective of the family runs on a custom :class:`torch.autograd.Function`:
 
 * ``reduction="sum"``/``"mean"``: while a chunk's logits are in memory the forward pass also
-  forms the softmax gradient and immediately contracts it into the gradients of ``hidden``,
-  ``weight`` and ``bias`` (for the upstream gradient 1). The backward pass only rescales
-  them by the (scalar) upstream gradient. The cost is therefore the three matrix products
-  of the materialized path — forward logits, grad of hidden, grad of weight — and no more.
+  forms the gradient of the logits and immediately contracts it into the gradients of
+  ``hidden`` (and, in float32/float64, of ``weight`` and ``bias``) for the upstream
+  gradient 1. The backward pass only rescales them by the (scalar) upstream gradient. The
+  cost is therefore the three matrix products of the materialized path and no more.
 * ``reduction="none"`` (and the gradient of ``return_lse``): the upstream gradient differs
   per token and is unknown during the forward pass, so the forward keeps only per-token
   statistics (log-sum-exp) and the backward recomputes each chunk's logits — four products.
   Precomputing the ``"none"`` gradient with unit upstream weights is the bug other libraries
   had; it is not done here.
+
+Half-precision weights (bfloat16, float16). The point of these objectives is an LLM head
+in bfloat16, where a float32 copy of ``weight`` and a float32 ``(V, D)`` gradient would
+each be twice the weight itself (4 GiB at V = 256k, D = 4096). So with a half-precision
+``weight`` the matrix products run in its dtype (no copy of the weight) and nothing of size
+``(V, D)`` is made but the weight's gradient, in the weight's dtype:
+
+* logits: each chunk's product is carried to float32 in two half-precision parts, the
+  rounded product ``hi`` and the residue ``lo = h @ w.T - hi`` (one more product, see
+  :func:`_logits`), so the logits are not rounded to the half dtype — the materialized
+  half-precision path rounds them, which is the larger part of its error;
+* statistics (max, log-sum-exp, softmax, the loss) in float32;
+* the logit gradient is rounded to the weight's dtype for the products that give the
+  gradients of ``hidden`` and ``weight``, as in the materialized path;
+* the weight gradient is not accumulated chunk by chunk in the half dtype (the running sum
+  would be rounded once per chunk of tokens, an error growing with their number): a second
+  pass takes the vocabulary in blocks of rows and gathers each block's gradient over all
+  tokens (up to ``BLOCK_ROWS`` per tile) in a float32 ``(block, D)`` accumulator, rounded
+  once into the result, as the materialized product ``G^T H`` is.
+
+The price is products: six half-precision products for ``"sum"``/``"mean"`` (two per
+logit chunk, twice, plus the two gradient products) against the materialized path's three.
+Half-precision products are several times faster than float32 ones on hardware with
+bfloat16 units, GPUs and recent CPUs alike. (float16 products on CPUs without float16 units
+are very slow in torch, for the materialized path too.)
 
 Subnormal floats. On CPU, ``exp`` of a very negative shifted logit yields a subnormal float,
 and arithmetic on subnormals is an order of magnitude slower; a peaked softmax (large logits)
@@ -25,29 +56,32 @@ term below ``exp(-60) ≈ 8.8e-27`` by ``exp(-60)`` changes the sum by at most
 (1.1e-16) for ``V < 1e10``; in the gradient each such softmax entry is off by less than
 ``8.8e-27`` in absolute value. And ``exp(-60)/V`` stays a normal float32 for ``V < 7e11``,
 so the following products (the scaling by ``1/sum``, the matrix products) meet no
-subnormals either. No global flag (``torch.set_flush_denormal``) is touched.
+subnormals either. No global flag (``torch.set_flush_denormal``) is touched. ``clamp`` keeps
+NaN, so a NaN input still gives a NaN loss (non-finite inputs: see CONTRIBUTING.md).
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable, Literal, NamedTuple, overload
+
 import torch
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from .._checks import (
+    check_class_target,
     check_floating,
-    check_in_range,
-    check_integer,
-    check_nonnegative,
-    check_positive,
-    check_reduction,
-    validation_enabled,
+    check_hyperparameters,
+    hyperparameter_checks,
 )
-from .._numerics import compute_dtype, upcast
-from .._reduction import reduce
+from .._numerics import LOW_PRECISION
+from .._reduction import Reduction
 from ..registry import Example, Reference, register
-from ._examples import randint, randn
-from .divergences import generalized_js_divergence, kl_divergence
+from ._examples import IGNORE, randint, randn
 
-__all__ = ["linear_cross_entropy", "linear_kl_divergence", "linear_js_divergence", "sequence_logprobs"]
+__all__ = [
+    "linear_cross_entropy",
+    "LinearCrossEntropyOutput",
+]
 
 CCE_PAPER = Reference(
     title="Cut Your Losses in Large-Vocabulary Language Models",
@@ -60,49 +94,67 @@ CCE_SEED = "Cut Your Losses in Large-Vocabulary Language Models"
 _FLOOR = -60.0  # clamp of shifted logits before exp; see the module docstring
 CHUNK_BUDGET_BYTES = 32 * 2**20  # the chunk buffers of logits together (chunk_size=None)
 MIN_ROWS = 16  # below this a chunk's products become matrix-vector products (slow)
+BLOCK_ROWS = 16384  # most tokens per tile of the half-precision weight-gradient pass
+MIN_BLOCK = 64  # fewest vocabulary rows per block of that pass
 
 
 # --------------------------------------------------------------------------- helpers
-def _chunk_rows(chunk_size: int | None, vocab: int, n: int, itemsize: int, buffers: int) -> int:
-    """Tokens per chunk: ``chunk_size``, or as many as fit ``buffers`` logit rows in the budget."""
-    if chunk_size is None:
-        rows = max(MIN_ROWS, CHUNK_BUDGET_BYTES // (itemsize * max(vocab, 1) * buffers))
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    else:
-        rows = chunk_size
+def _chunk_rows(chunk_size: int | None, n: int, bytes_per_row: int) -> int:
+    """Tokens per chunk: ``chunk_size``, or as many full-vocabulary rows as fit the budget."""
+    rows = chunk_size if chunk_size is not None else max(MIN_ROWS, CHUNK_BUDGET_BYTES // max(bytes_per_row, 1))
     return max(1, min(rows, n))
 
 
-def _check_linear(hidden, weight, bias, name: str = "hidden", wname: str = "weight") -> None:
-    for t, nm in ((hidden, name), (weight, wname)):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"{nm} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-    if weight.dim() != 2:
-        raise ValueError(f"{wname} must be (V, D), got shape {tuple(weight.shape)}")
-    if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"the last dimension of {name} {tuple(hidden.shape)} must equal the second of {wname} {tuple(weight.shape)}"
-        )
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
-            raise TypeError("bias must be a floating-point tensor")
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    check_floating(hidden, name)
-    check_floating(weight, wname)
+def _tile_shape(n: int, vocab: int, dim: int, bytes_per_entry: int) -> tuple[int, int]:
+    """(tokens, vocabulary rows) of a tile of the blocked weight-gradient pass.
+
+    Tokens: all of them up to ``BLOCK_ROWS`` (one tile of tokens per block means one matrix
+    product and one rounding per gradient entry, as in the materialized path; each further
+    tile adds the rounding of its partial product). Vocabulary rows: what the chunk budget
+    leaves, at least ``MIN_BLOCK``, and so that the float32 ``(block, D)`` accumulator stays
+    within the budget too.
+    """
+    rows = max(1, min(n, BLOCK_ROWS))
+    block = min(CHUNK_BUDGET_BYTES // (rows * bytes_per_entry), CHUNK_BUDGET_BYTES // (6 * max(dim, 1)))
+    return rows, max(1, min(vocab, max(MIN_BLOCK, block)))
 
 
-def _check_target(target, lead, vocab, ignore_index, name="target", optional_ignore=True) -> None:
-    check_integer(target, name)
-    if target.shape != lead:
-        raise ValueError(f"{name} must have shape {tuple(lead)} (the leading shape of hidden), got {tuple(target.shape)}")
-    if validation_enabled() and target.numel() > 0:
-        bad = ((target < 0) | (target >= vocab)) & (target != ignore_index)
-        if bool(bad.any()):
-            raise ValueError(
-                f"{name} has class index {int(target[bad][0])} outside [0, {vocab}) other than ignore_index={ignore_index}"
-            )
+def _half(w: torch.Tensor, stat_dtype: torch.dtype) -> bool:
+    """Matrix products in the weight's own (half) dtype, statistics in float32."""
+    return w.dtype in LOW_PRECISION and stat_dtype == torch.float32
+
+
+def _stat_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 if any input is float64, else float32 (the statistics' dtype)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _operands(hidden: torch.Tensor, weight: torch.Tensor, sd: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hidden (N, D), weight)`` in the dtype of the matrix products.
+
+    A half-precision weight is used as it is (hidden is cast to its dtype if needed: an
+    ``(N, D)`` copy, never a ``(V, D)`` one); otherwise both are in the statistics' dtype.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    mm = weight.dtype if _half(weight, sd) else sd
+    return h.to(mm), weight.to(mm)
+
+
+class _Buffers:
+    """Scratch buffers reused by every chunk (allocated once, at the first and largest chunk:
+    a fresh large allocation per chunk would fault its pages in every time)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+        size = rows * cols
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < size or buf.dtype != dtype:
+            buf = torch.empty(size, dtype=dtype, device=self.device)
+            self._bufs[name] = buf
+        return buf[:size].view(rows, cols)
 
 
 def _logits_into(
@@ -117,58 +169,210 @@ def _logits_into(
     return torch.addmm(b, h, w.t(), beta=scale, alpha=scale, out=out)
 
 
-def _apply_target_terms(g: torch.Tensor, y: torch.Tensor, c: torch.Tensor, eps: float, vocab: int) -> None:
-    """``g -= c * ((1 - eps) onehot(y) + eps / V)`` in place (the non-softmax part of dCE/dx)."""
+def _logits(pool: _Buffers, name: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale: float,
+            sd: torch.dtype) -> torch.Tensor:
+    """Logits ``scale * (h @ w.T + b)`` of a chunk (or tile) in the statistics' dtype ``sd``.
+
+    With a half-precision weight the product runs in its dtype and is carried to ``sd`` in
+    two parts, so that the logits are not rounded to the half dtype: ``hi = h @ w.T`` rounded,
+    then ``lo = h @ w.T - hi`` by ``addmm(hi, h, w.T, beta=-1)``, which subtracts ``hi`` inside
+    the product's float32 accumulator before its one rounding; ``hi + lo`` in float32 carries
+    about 16 significant bits (bfloat16) — the float32 logits of the same inputs to ~1e-5
+    relative — for a second half-precision product instead of a float32 one or a float32 copy
+    of the weight. (A backend that rounded the product before subtracting would give
+    ``lo = 0``: the logits rounded once, as in the materialized half-precision path.)
+    """
+    out = pool.get(name, h.shape[0], w.shape[0], sd)
+    if w.dtype == sd:
+        return _logits_into(out, h, w, b, scale)
+    low = torch.mm(h, w.t(), out=pool.get(name + "_half", h.shape[0], w.shape[0], w.dtype))
+    if b is None:
+        out.copy_(low)
+    else:
+        torch.add(low, b, out=out)  # half + float32 is computed in float32
+    out.add_(low.addmm_(h, w.t(), beta=-1.0))
+    return out if scale == 1.0 else out.mul_(scale)
+
+
+def _contract(pool: _Buffers, name: str, g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor,
+              dh: torch.Tensor | None, dw: torch.Tensor | None, db: torch.Tensor | None, accumulate: bool) -> None:
+    """From a chunk's logit gradient ``g``: ``dh (=|+=) g @ w``, ``dw += g.T @ hc``, ``db += g.sum(0)``.
+
+    For a half-precision weight ``g`` is rounded to its dtype first (the materialized path's
+    logit gradient is in that dtype too); the half buffer of the chunk's logits is free by
+    now and holds it.
+    """
+    if dh is None and dw is None:
+        gm = g
+    else:
+        gm = g if w.dtype == g.dtype else pool.get(name + "_half", g.shape[0], g.shape[1], w.dtype).copy_(g)
+    if dh is not None:
+        if accumulate:
+            dh.addmm_(gm, w)
+        else:
+            torch.mm(gm, w, out=dh)
+    if dw is not None:
+        dw.addmm_(gm.t(), hc)
+    if db is not None:
+        db.add_(g.sum(0))
+
+
+TileGrad = Callable[[_Buffers, torch.Tensor, torch.Tensor, int, int, int, int], torch.Tensor]
+
+
+def _weight_grad_blocked(h: torch.Tensor, w: torch.Tensor, tile_grad: TileGrad, rows: int, block: int) -> torch.Tensor:
+    """The ``(V, D)`` weight gradient in the weight's (half) dtype, a block of vocabulary rows at a time.
+
+    ``tile_grad(pool, h_rows, w_block, s0, s1, v0, v1)`` returns the float32 logit gradient of
+    tokens ``s0:s1`` and vocabulary rows ``v0:v1``. Each block's gradient is gathered over all
+    tokens in a float32 ``(block, D)`` accumulator and rounded once into the result (module
+    docstring); with a single tile of tokens the product writes the result directly.
+    """
+    n, dim = h.shape
+    vocab = w.shape[0]
+    dw = torch.empty(vocab, dim, dtype=w.dtype, device=w.device)
+    pool = _Buffers(h.device)
+    single = rows >= n
+    for v0 in range(0, vocab, block):
+        v1 = min(v0 + block, vocab)
+        wb = w[v0:v1]
+        acc = None if single else pool.get("acc", v1 - v0, dim, torch.float32)
+        for s0 in range(0, n, rows):
+            s1 = min(s0 + rows, n)
+            hc = h[s0:s1]
+            g = tile_grad(pool, hc, wb, s0, s1, v0, v1)
+            gm = pool.get("tile_half", s1 - s0, v1 - v0, w.dtype).copy_(g)
+            if single:
+                torch.mm(gm.t(), hc, out=dw[v0:v1])
+                continue
+            part = torch.mm(gm.t(), hc, out=pool.get("part", v1 - v0, dim, w.dtype))
+            if s0 == 0:
+                acc.copy_(part)
+            else:
+                acc.add_(part)
+        if acc is not None:
+            dw[v0:v1].copy_(acc)
+    return dw
+
+
+def _check_linear(hidden, weight, bias, name: str = "hidden", wname: str = "weight") -> None:
+    check_floating(hidden, name)
+    check_floating(weight, wname)
+    if weight.dim() != 2:
+        raise ValueError(f"{wname} must be (V, D), got shape {tuple(weight.shape)}")
+    if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"the last dimension of {name} {tuple(hidden.shape)} must equal the second of {wname} {tuple(weight.shape)}"
+        )
+    if bias is not None:
+        check_floating(bias, "bias")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+
+
+def _check_tokens(target, hidden, vocab: int, ignore_index: int, hname: str = "hidden") -> torch.Tensor:
+    """Token ids of shape ``hidden.shape[:-1]`` in ``[0, V)`` or ``ignore_index``, returned as int64."""
+    if isinstance(target, torch.Tensor) and target.is_floating_point():
+        raise TypeError(f"target: class indices must be integers (token ids), got dtype {target.dtype}")
+    # the checks see the logits' shape (*, V) without any logits existing (a meta tensor)
+    rows = torch.empty((*hidden.shape[:-1], vocab), device="meta")
+    return check_class_target(target, rows, ignore_index=ignore_index, logits_name=hname)
+
+
+def _apply_target_terms(g: torch.Tensor, y: torch.Tensor, c: torch.Tensor, eps: float, vocab: int,
+                        v0: int = 0) -> None:
+    """``g -= c * ((1 - eps) onehot(y) + eps / V)`` in place (the non-softmax part of dCE/dx).
+
+    ``g`` holds the vocabulary columns ``v0 : v0 + g.shape[1]``; targets outside them add 0.
+    """
     if eps > 0:
         g.sub_((c * (eps / vocab)).unsqueeze(1))
     if eps < 1:
         rows = torch.arange(g.shape[0], device=g.device)
-        g.index_put_((rows, y), c * -(1.0 - eps), accumulate=True)
+        width = g.shape[1]
+        if v0 == 0 and width == vocab:
+            g.index_put_((rows, y), c * -(1.0 - eps), accumulate=True)
+        else:
+            local = y - v0
+            inside = (local >= 0) & (local < width)
+            g.index_put_((rows, local.clamp(0, width - 1)), torch.where(inside, c * -(1.0 - eps), 0.0),
+                         accumulate=True)
+
+
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+# --------------------------------------------------------------------------- cross-entropy
+def _ce_tile_grad(b, safe, lse, a, c, cfg, vocab, sd) -> TileGrad:
+    """Logit gradient ``a_n softmax - c_n ((1-eps) onehot + eps/V)`` (softcap chain rule
+    included) of one tile, from the per-token log-sum-exp."""
+    eps, _, cap = cfg
+
+    def tile(pool, hc, wb, s0, s1, v0, v1):
+        bb = None if b is None else b[v0:v1]
+        z = lse[s0:s1].unsqueeze(1)
+        if cap is None:
+            e = _logits(pool, "tile", hc, wb, bb, 1.0, sd).sub_(z)
+        else:
+            th = _logits(pool, "tile", hc, wb, bb, 1.0 / cap, sd).tanh_()
+            e = torch.add(z.neg(), th, alpha=cap, out=pool.get("tile_e", s1 - s0, v1 - v0, sd))
+        g = e.clamp_min_(_FLOOR).exp_().mul_(a[s0:s1].unsqueeze(1))
+        if c is not None:
+            _apply_target_terms(g, safe[s0:s1], c[s0:s1], eps, vocab, v0)
+        if cap is not None:
+            g.addcmul_(g, th.square_(), value=-1.0)  # d(c tanh(x/c))/dx = 1 - tanh^2
+        return g
+
+    return tile
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Chunked CE of ``h @ w.T + b``: outputs (per-token loss or its sum, per-token lse)."""
+    """Chunked CE of ``h @ w.T + b``: outputs (per-token loss, or its sum / kept mean; per-token lse)."""
 
     @staticmethod
-    def forward(ctx, h, w, b, safe, keep, cfg, rows, per_token, want_grad):
+    def forward(ctx, h, w, b, safe, keep, denom, cfg, rows, tile, per_token, want_grad):
         eps, zl, cap = cfg
         n, vocab = h.shape[0], w.shape[0]
-        dt, dev = h.dtype, h.device
+        sd = torch.float64 if h.dtype == torch.float64 else torch.float32  # statistics
+        half = w.dtype != sd
+        dev = h.device
         need = tuple(want_grad and x for x in ctx.needs_input_grad[:3])
         precompute = want_grad and not per_token and any(need)
-        ctx.cfg, ctx.rows, ctx.per_token, ctx.need = cfg, rows, per_token, need
-        loss = torch.empty(n, dtype=dt, device=dev)
-        lse = torch.empty(n, dtype=dt, device=dev)
-        xbuf = torch.empty(rows, vocab, dtype=dt, device=dev)
-        # Softcap keeps tanh(x/c) for its derivative: a second buffer (rows are halved for it).
-        ebuf = torch.empty(rows, vocab, dtype=dt, device=dev) if cap is not None else None
+        ctx.cfg, ctx.rows, ctx.tile, ctx.per_token, ctx.need = cfg, rows, tile, per_token, need
+        ctx.precompute = precompute
+        loss = torch.empty(n, dtype=sd, device=dev)
+        lse = torch.empty(n, dtype=sd, device=dev)
+        pool = _Buffers(dev)
         if eps > 0 and cap is None:
             # sum_k x_k = h . sum_k w_k + sum_k b_k: a matrix-vector product, no pass over the chunk
-            wsum = w.sum(0)
+            wsum = w.sum(0, dtype=sd)
             bsum = b.sum() if b is not None else 0.0
+        dh = dw = db = None
         if precompute:
-            dh = torch.empty(h.shape, dtype=dt, device=dev) if need[0] else None
-            dw = torch.zeros(w.shape, dtype=dt, device=dev) if need[1] else None
-            db = torch.zeros(b.shape, dtype=dt, device=dev) if need[2] else None
+            dh = torch.empty(h.shape, dtype=h.dtype, device=dev) if need[0] else None
+            # a half-precision weight's gradient is formed in the backward pass (blocked, module docstring)
+            dw = torch.zeros(w.shape, dtype=sd, device=dev) if need[1] and not half else None
+            db = torch.zeros(b.shape, dtype=sd, device=dev) if need[2] else None
         for s0 in range(0, n, rows):
             s1 = min(s0 + rows, n)
             hc, yc, kc = h[s0:s1], safe[s0:s1], keep[s0:s1]
             if cap is None:
-                e = _logits_into(xbuf[: s1 - s0], hc, w, b)
+                e = _logits(pool, "x", hc, w, b, 1.0, sd)
                 m = e.amax(1, keepdim=True)
                 xy = e.gather(1, yc.unsqueeze(1))
                 if eps > 0:
-                    sumx = (torch.mv(hc, wsum) + bsum).unsqueeze(1)
+                    sumx = (torch.mv(hc.to(sd), wsum) + bsum).unsqueeze(1)
                 e.sub_(m)
             else:
                 # capped logits c tanh(x / c): statistics are taken on tanh and scaled (tanh is
                 # monotone), and c th - m is one fused pass into the second buffer
-                th = _logits_into(xbuf[: s1 - s0], hc, w, b, 1.0 / cap).tanh_()
+                th = _logits(pool, "x", hc, w, b, 1.0 / cap, sd).tanh_()
                 m = th.amax(1, keepdim=True).mul_(cap)
                 xy = th.gather(1, yc.unsqueeze(1)).mul_(cap)
                 if eps > 0:
                     sumx = th.sum(1, keepdim=True).mul_(cap)
-                e = torch.add(m.neg(), th, alpha=cap, out=ebuf[: s1 - s0])
+                e = torch.add(m.neg(), th, alpha=cap, out=pool.get("e", s1 - s0, vocab, sd))
             # exp(max(x - m, floor)): never a subnormal (module docstring); e becomes the weights
             e.clamp_min_(_FLOOR).exp_()
             ssum = e.sum(1, keepdim=True)
@@ -181,103 +385,168 @@ class _LinearCrossEntropy(torch.autograd.Function):
             lc = lc.squeeze(1)
             if zl > 0:
                 lc = lc + zl * lse_c.square()
-            loss[s0:s1] = torch.where(kc, lc, torch.zeros((), dtype=dt, device=dev))
+            # where, not a product: an ignored token's value never counts, whatever it holds
+            loss[s0:s1] = torch.where(kc, lc, torch.zeros((), dtype=sd, device=dev))
             lse[s0:s1] = lse_c
             if precompute:
-                # dCE/dx for upstream gradient 1: softmax * (1 + 2 zl Z) - (1-eps) onehot - eps/V
-                kf = kc.to(dt)
+                # dCE/dx for upstream gradient 1 (/ the kept count for "mean"):
+                # softmax * (1 + 2 zl Z) - (1-eps) onehot - eps/V
+                kf = kc.to(sd) if denom is None else kc.to(sd) / denom
                 a = kf * (1.0 + 2.0 * zl * lse_c) if zl > 0 else kf
                 g = e.mul_((a.unsqueeze(1) / ssum))
                 _apply_target_terms(g, yc, kf, eps, vocab)
                 if cap is not None:
                     g.addcmul_(g, th.square_(), value=-1.0)  # chain rule: d(c tanh(x/c))/dx = 1 - tanh^2
-                if need[0]:
-                    torch.mm(g, w, out=dh[s0:s1])
-                if need[1]:
-                    dw.addmm_(g.t(), hc)
-                if need[2]:
-                    db.add_(g.sum(0))
-        del xbuf, ebuf
-        ctx.precompute = precompute
+                _contract(pool, "x", g, hc, w, None if dh is None else dh[s0:s1], dw, db, accumulate=False)
+        del pool
         if want_grad:
             # the precomputed gradients are saved tensors (not ctx attributes) so that autograd
             # frees them right after the backward pass instead of when the graph dies
-            ctx.save_for_backward(h, w, b, safe, keep, lse, *((dh, dw, db) if precompute else ()))
+            ctx.save_for_backward(h, w, b, safe, keep, lse, denom, dh, dw, db)
         ctx.set_materialize_grads(False)
-        return (loss if per_token else loss.sum()), lse
+        if per_token:
+            return loss, lse
+        return (loss.sum() if denom is None else loss.sum() / denom), lse
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, g_loss, g_lse):
-        h, w, b, safe, keep, lse, *pre = ctx.saved_tensors
+        h, w, b, safe, keep, lse, denom, pre_dh, pre_dw, pre_db = ctx.saved_tensors
         eps, zl, cap = ctx.cfg
         need = ctx.need
-        grads = [None, None, None]
-        recompute_loss = g_loss is not None and ctx.per_token
-        if ctx.precompute and g_loss is not None:
-            # "sum"/"mean": the gradients were formed in the forward pass for upstream 1 and
-            # are only scaled here (out of place, so that a second backward with
-            # retain_graph=True gives the same bits; the saved buffers are freed after backward).
-            grads = [None if t is None else t * g_loss for t in pre]
-        if not recompute_loss and g_lse is None:
-            return (*grads, None, None, None, None, None, None)
-        n, vocab, dt = h.shape[0], w.shape[0], h.dtype
-        kf = keep.to(dt)
-        # Per token: d/dx of g_n * CE_n + gl_n * Z_n  =  a_n softmax - c_n ((1-eps) onehot + eps/V)
-        a = torch.zeros(n, dtype=dt, device=h.device) if g_lse is None else g_lse.to(dt)
+        n, vocab, sd = h.shape[0], w.shape[0], lse.dtype
+        half = w.dtype != sd
+        dev = h.device
+        kf = keep.to(sd)
+        # Per token: d/dx of G_n * CE_n + gl_n * Z_n = a_n softmax - c_n ((1-eps) onehot + eps/V)
         c = None
-        if recompute_loss:
-            c = g_loss * kf  # per-token upstream gradient ("none") or the scalar one ("sum")
-            a = a + (c * (1.0 + 2.0 * zl * lse) if zl > 0 else c)
-        rows = ctx.rows
-        xbuf = torch.empty(rows, vocab, dtype=dt, device=h.device)
-        ebuf = torch.empty(rows, vocab, dtype=dt, device=h.device) if cap is not None else None
-        dh = grads[0] if grads[0] is not None else (torch.zeros(h.shape, dtype=dt, device=h.device) if need[0] else None)
-        dw = grads[1] if grads[1] is not None else (torch.zeros(w.shape, dtype=dt, device=h.device) if need[1] else None)
-        db = grads[2] if grads[2] is not None else (torch.zeros(b.shape, dtype=dt, device=h.device) if need[2] else None)
-        for s0 in range(0, n, rows):
-            s1 = min(s0 + rows, n)
-            hc = h[s0:s1]
-            z = lse[s0:s1].unsqueeze(1)
-            if cap is None:
-                e = _logits_into(xbuf[: s1 - s0], hc, w, b).sub_(z)
-            else:
-                th = _logits_into(xbuf[: s1 - s0], hc, w, b, 1.0 / cap).tanh_()
-                e = torch.add(z.neg(), th, alpha=cap, out=ebuf[: s1 - s0])
-            # softmax = exp(max(x - Z, floor)), scaled by a_n
-            g = e.clamp_min_(_FLOOR).exp_().mul_(a[s0:s1].unsqueeze(1))
-            if c is not None:
-                _apply_target_terms(g, safe[s0:s1], c[s0:s1], eps, vocab)
-            if cap is not None:
-                g.addcmul_(g, th.square_(), value=-1.0)
-            if need[0]:
-                dh[s0:s1].addmm_(g, w)
-            if need[1]:
-                dw.addmm_(g.t(), hc)
-            if need[2]:
-                db.add_(g.sum(0))
-        return dh, dw, db, None, None, None, None, None, None
+        if g_loss is not None:
+            c = g_loss * kf if denom is None else g_loss * kf / denom
+        a = None if g_lse is None else g_lse.to(sd)
+        if c is not None:
+            ac = c * (1.0 + 2.0 * zl * lse) if zl > 0 else c
+            a = ac if a is None else a + ac
+        pre = ctx.precompute and g_loss is not None
+        # "sum"/"mean": the loss part was formed in the forward pass for upstream 1 and is only
+        # scaled here (out of place, so that a second backward with retain_graph=True gives the
+        # same bits; the saved buffers are freed after backward). What is left for a pass over
+        # the chunks: the log-sum-exp part, or everything ("none").
+        a_rest, c_rest = (g_lse, None) if pre else (a, c)
+        dh = dw = db = None
+        if need[0]:
+            dh = pre_dh * g_loss if pre else torch.zeros(h.shape, dtype=h.dtype, device=dev)
+        if need[1] and not half:
+            dw = pre_dw * g_loss if pre else torch.zeros(w.shape, dtype=sd, device=dev)
+        if need[2]:
+            db = pre_db * g_loss if pre else torch.zeros(b.shape, dtype=sd, device=dev)
+        if a_rest is not None and (dh is not None or dw is not None or db is not None):
+            a_rest = a_rest.to(sd)
+            pool = _Buffers(dev)
+            rows = ctx.rows
+            for s0 in range(0, n, rows):
+                s1 = min(s0 + rows, n)
+                hc = h[s0:s1]
+                z = lse[s0:s1].unsqueeze(1)
+                if cap is None:
+                    e = _logits(pool, "x", hc, w, b, 1.0, sd).sub_(z)
+                else:
+                    th = _logits(pool, "x", hc, w, b, 1.0 / cap, sd).tanh_()
+                    e = torch.add(z.neg(), th, alpha=cap, out=pool.get("e", s1 - s0, vocab, sd))
+                # softmax = exp(max(x - Z, floor)), scaled by a_n
+                g = e.clamp_min_(_FLOOR).exp_().mul_(a_rest[s0:s1].unsqueeze(1))
+                if c_rest is not None:
+                    _apply_target_terms(g, safe[s0:s1], c_rest[s0:s1], eps, vocab)
+                if cap is not None:
+                    g.addcmul_(g, th.square_(), value=-1.0)
+                _contract(pool, "x", g, hc, w, None if dh is None else dh[s0:s1], dw, db, accumulate=True)
+            del pool
+        if need[1] and half and a is not None:
+            rows, block = ctx.tile
+            dw = _weight_grad_blocked(h, w, _ce_tile_grad(b, safe, lse, a, c, ctx.cfg, vocab, sd), rows, block)
+        return dh, dw, db, None, None, None, None, None, None, None, None
 
 
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+class LinearCrossEntropyOutput(NamedTuple):
+    """What :func:`linear_cross_entropy` returns with ``return_lse=True``.
+
+    Attributes:
+        loss: the loss, reduced as asked (the value returned without ``return_lse``).
+        lse: per-token log-sum-exp :math:`Z` of the (capped) logits, float32 for half inputs,
+            with the ``"none"`` shape (``(*)``, or ``(*, T - 1)`` with ``shift=True``), for
+            every token including ignored ones; differentiable.
+    """
+
+    loss: torch.Tensor
+    lse: torch.Tensor
+
+
+def _check_lce(*, return_lse: bool = False, shift: bool = False, **_) -> None:
+    """Hyperparameters of :func:`linear_cross_entropy` beyond the shared vocabulary."""
+    for name, value in (("return_lse", return_lse), ("shift", shift)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def _kept_mean(none: torch.Tensor, args: tuple, kwargs: dict, *, target_pos: int) -> torch.Tensor:
+    """``"mean"`` of the token objectives: the sum of ``"none"`` over the kept tokens' count."""
+    target = args[target_pos] if len(args) > target_pos else None
+    if target is None:
+        return none.mean() if none.numel() else none.sum()
+    if kwargs.get("shift"):
+        target = target[..., 1:]
+    k = (target != kwargs.get("ignore_index", IGNORE)).sum()
+    return none.sum() / k if k > 0 else none.sum() * 0
 
 
 def _lce_example() -> Example:
+    options = {"chunk_size": 3, "label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 4.0}
+
     def make(gen):
         t = randint(gen, 11, 2, 4)
-        t[0, 2] = -100
-        kw = {"chunk_size": 3, "label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 4.0}
-        return (randn(gen, 2, 4, 5), randn(gen, 11, 5), t), kw
+        t[0, 2] = IGNORE
+        return (randn(gen, 2, 4, 5), randn(gen, 11, 5), t), dict(options)
+
+    def plain(gen):  # no option on, flat tokens, default chunking
+        t = randint(gen, 11, 7)
+        t[3] = IGNORE
+        return (randn(gen, 7, 5), randn(gen, 11, 5), t), {}
+
+    def shifted(gen):  # next-token prediction, "none" is (B, T - 1)
+        t = randint(gen, 11, 3, 4)
+        t[1, 2] = IGNORE
+        return (randn(gen, 3, 4, 5), randn(gen, 11, 5), t), {"shift": True, "chunk_size": 4, "z_loss": 1e-2}
 
     def mismatch(gen):
         return (randn(gen, 7, 5), randn(gen, 11, 4), randint(gen, 11, 7)), {}
 
-    return Example(make=make, mismatch=mismatch, logits=(0,))
+    def empty(gen):
+        return (randn(gen, 2, 4, 5), randn(gen, 11, 5), torch.full((2, 4), IGNORE)), dict(options)
+
+    return Example(make=make, mismatch=mismatch, mismatch_match="hidden", extreme=None,
+                   mean_rule=partial(_kept_mean, target_pos=2), variants=(plain, shifted), empty=empty)
+
+
+@overload
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, bias: torch.Tensor | None = ...,
+    ignore_index: int = ..., label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+    reduction: Reduction = ..., chunk_size: int | None = ..., return_lse: Literal[False] = ..., shift: bool = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, bias: torch.Tensor | None = ...,
+    ignore_index: int = ..., label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+    reduction: Reduction = ..., chunk_size: int | None = ..., return_lse: Literal[True], shift: bool = ...,
+) -> LinearCrossEntropyOutput: ...
 
 
 @register("linear_cross_entropy", family="large_vocab", reference=CCE_PAPER, seed=CCE_SEED, example=_lce_example(),
-          input_kind="hidden states", classification_calibrated=True, bounded=False, memory="O(chunk * V)")
+          input_kind="hidden states", classification_calibrated=True, bounded=False, memory="O(chunk * V)",
+          tags=("language model", "llm", "lm head", "next-token prediction", "cut cross-entropy", "fused linear",
+                "memory-efficient", "z-loss", "softcap", "large vocabulary"))
+@hyperparameter_checks(_check_lce)
 def linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -288,11 +557,11 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     chunk_size: int | None = None,
     return_lse: bool = False,
     shift: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor | LinearCrossEntropyOutput:
     r"""Cross-entropy of hidden @ weight.T (+ bias) without materializing the N × V logits.
 
     Exactly :func:`~losslab.functional.cross_entropy` of the logits :math:`x = hW^\top + b`:
@@ -312,18 +581,23 @@ def linear_cross_entropy(
     Tokens are processed in chunks of full vocabulary rows (``chunk_size`` tokens;
     ``None`` picks them so that the chunk buffers take about 32 MiB, at least 16 rows), so
     the extra memory is one chunk of logits plus the gradient buffers, whatever N is. A custom
-    autograd function never keeps the logits: with ``"sum"``/``"mean"`` the gradients of
-    ``hidden``, ``weight`` and ``bias`` are formed in the forward pass while each chunk is in
-    memory (three matrix products in all, like the materialized path; the backward only
-    scales them by the upstream gradient, so it can be run once); with ``"none"`` the
-    upstream gradient differs per token, so only the per-token log-sum-exp is kept and the
-    backward recomputes each chunk (four products) — the gradient is exact for any upstream
-    weights. Shifted logits are clamped at -60 before ``exp`` so that no subnormal float is
-    produced (they make CPU arithmetic ~10x slower); this changes nothing beyond round-off
-    (argument in the module docstring). Half/bfloat16 inputs are upcast to float32 (one
-    float32 copy of ``weight``); the loss, the log-sum-exp and the weight gradient
-    accumulate in float32 and the loss is returned in float32. Caller tensors are never
-    written to.
+    autograd function never keeps the logits: with ``"sum"``/``"mean"`` the gradients are
+    formed in the forward pass while each chunk is in memory (three matrix products in all,
+    like the materialized path; the backward only scales them by the upstream gradient, so
+    it can be run once); with ``"none"`` the upstream gradient differs per token, so only the
+    per-token log-sum-exp is kept and the backward recomputes each chunk (four products) —
+    the gradient is exact for any upstream weights. Shifted logits are clamped at -60 before
+    ``exp`` so that no subnormal float is produced (they make CPU arithmetic ~10x slower);
+    this changes nothing beyond round-off. Caller tensors are never written to.
+
+    Precision: float32 and float64 inputs are computed in their dtype. With a bfloat16 or
+    float16 ``weight`` the matrix products run in that dtype (``hidden`` is cast to it if it
+    differs) and nothing of size ``(V, D)`` is made but the weight's gradient, in the
+    weight's dtype: each chunk's logits are upcast to float32 for the max, log-sum-exp and
+    softmax, the loss and log-sum-exp are float32, and the weight gradient of each block of
+    vocabulary rows is summed over all tokens in float32 and rounded once (one extra matrix
+    product in the backward pass). The error against float64 is then that of the
+    materialized half-precision path or smaller.
 
     ``shift=True`` is next-token prediction: position :math:`t` of ``hidden`` is scored
     against ``target[..., t + 1]`` (``target`` holds the token ids of the same positions),
@@ -333,16 +607,17 @@ def linear_cross_entropy(
     Args:
         hidden: ``(*, D)`` hidden states.
         weight: ``(V, D)`` output embedding (classifier) matrix.
-        target: ``(*)`` class indices in ``[0, V)`` or ``ignore_index``.
-        bias: optional ``(V,)`` output bias.
+        target: ``(*)`` class indices (any integer dtype) in ``[0, V)`` or ``ignore_index``.
+        bias: optional ``(V,)`` output bias (a ``forward`` argument of the Module, like
+            ``weight``: trainable tensors are never held by the loss).
         ignore_index: target value of tokens left out.
         label_smoothing: :math:`\varepsilon \in [0, 1]`, as in torch.
         z_loss: coefficient :math:`\lambda_z \ge 0` of :math:`Z^2` per kept token.
         softcap: ``c > 0`` applies :math:`c\tanh(x/c)` to the logits first (Gemma 2: 30).
         reduction: ``"mean"`` (over kept tokens), ``"sum"`` or ``"none"``.
         chunk_size: tokens per chunk (``None``: from the 32 MiB budget).
-        return_lse: also return the per-token log-sum-exp :math:`Z` of the (capped) logits,
-            for every token including ignored ones; it is differentiable.
+        return_lse: also return the per-token log-sum-exp :math:`Z` of the (capped) logits:
+            the result is then a :class:`LinearCrossEntropyOutput` ``(loss, lse)``.
         shift: next-token prediction along the last leading dimension (see above).
 
     Shape:
@@ -350,7 +625,8 @@ def linear_cross_entropy(
         with ``shift``), else a scalar; the log-sum-exp has the ``"none"`` shape.
 
     Returns:
-        the loss, or ``(loss, lse)`` with ``return_lse=True``.
+        the loss (float32 for half-precision inputs), or a
+        :class:`LinearCrossEntropyOutput` ``(loss, lse)`` with ``return_lse=True``.
 
     Example:
         >>> import torch
@@ -361,6 +637,9 @@ def linear_cross_entropy(
         >>> torch.allclose(linear_cross_entropy(h, w, t, chunk_size=4),
         ...                torch.nn.functional.cross_entropy(h @ w.T, t))
         True
+        >>> out = linear_cross_entropy(h, w, t, reduction="none", return_lse=True)
+        >>> torch.allclose(out.lse, torch.logsumexp(h @ w.T, -1))
+        True
 
     References:
         Wijmans, Huval, Hertzberg, Koltun, Krähenbühl, "Cut Your Losses in
@@ -368,16 +647,12 @@ def linear_cross_entropy(
         Wortsman et al., 2023, https://arxiv.org/abs/2309.14322 (z-loss).
     """
     _check_linear(hidden, weight, bias)
-    check_in_range(label_smoothing, "label_smoothing", 0.0, 1.0)
-    check_nonnegative(z_loss, "z_loss")
-    if softcap is not None:
-        check_positive(softcap, "softcap")
-    check_reduction(reduction)
+    check_hyperparameters(linear_cross_entropy, dict(
+        ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        reduction=reduction, chunk_size=chunk_size, return_lse=return_lse, shift=shift))
     vocab, dim = weight.shape
     lead = hidden.shape[:-1]
-    check_integer(target, "target")
-    if target.shape != lead:
-        raise ValueError(f"target must have shape {tuple(lead)} (the leading shape of hidden), got {tuple(target.shape)}")
+    target = _check_tokens(target, hidden, vocab, ignore_index)
     if shift:
         if len(lead) == 0 or lead[-1] < 1:
             raise ValueError("shift=True needs hidden of shape (*, T, D) with T >= 1")
@@ -387,283 +662,31 @@ def linear_cross_entropy(
         t_full[..., :-1] = target[..., 1:]
     else:
         t_full = target
-    _check_target(t_full, lead, vocab, ignore_index)
-    dtype = compute_dtype(hidden, weight, bias)
-    h2 = upcast(hidden.reshape(-1, dim), dtype)
-    w_c, b_c = upcast(weight, dtype), upcast(bias, dtype)
+    sd = _stat_dtype(hidden, weight, bias)
+    h2, w_c = _operands(hidden, weight, sd)
+    b_c = None if bias is None else bias.to(sd)
     t1 = t_full.reshape(-1)
     keep = t1 != ignore_index
     safe = torch.where(keep, t1, torch.zeros((), dtype=t1.dtype, device=t1.device))
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    rows = _chunk_rows(chunk_size, vocab, h2.shape[0], itemsize, 1 if softcap is None else 2)
+    n = h2.shape[0]
+    item = torch.empty((), dtype=sd).element_size()
+    extra = 0 if softcap is None else item  # softcap keeps tanh(x/c) for its derivative: a second buffer
+    half_item = w_c.element_size() if w_c.dtype != sd else 0
+    rows = _chunk_rows(chunk_size, n, vocab * (item + extra + half_item))
+    tile = _tile_shape(n, vocab, dim, half_item + item + extra) if half_item else None
     cfg = (float(label_smoothing), float(z_loss), None if softcap is None else float(softcap))
     want_grad = _needs_grad(hidden, weight, bias)
-    out, lse = _LinearCrossEntropy.apply(h2, w_c, b_c, safe, keep, cfg, rows, reduction == "none", want_grad)
+    denom = None
+    if reduction == "mean":
+        # kept tokens, at least 1: with nothing kept the mean is 0 with zero gradients
+        denom = keep.sum().clamp_min(1).to(sd)
+    out, lse = _LinearCrossEntropy.apply(h2, w_c, b_c, safe, keep, denom, cfg, rows, tile, reduction == "none",
+                                         want_grad)
     lse = lse.reshape(lead)
     if reduction == "none":
         out = out.reshape(lead)
-    elif reduction == "mean":
-        count = keep.sum().to(out.dtype)
-        out = out / torch.where(count == 0, torch.ones_like(count), count)
     if shift:
         lse = lse[..., :-1]
         if reduction == "none":
             out = out[..., :-1]
-    return (out, lse) if return_lse else out
-
-
-# --------------------------------------------------------------------------- divergences
-def _pair_example(**kw) -> Example:
-    def make(gen):
-        t = randint(gen, 9, 6)
-        t[1] = -100
-        return (randn(gen, 6, 4), randn(gen, 9, 4), randn(gen, 6, 3), randn(gen, 9, 3), t), dict(chunk_size=4, **kw)
-
-    def mismatch(gen):
-        return (randn(gen, 6, 4), randn(gen, 9, 4), randn(gen, 5, 3), randn(gen, 9, 3)), {}
-
-    return Example(make=make, mismatch=mismatch, logits=(0, 2), grad=(0, 1))
-
-
-def _linear_divergence(kind, student_hidden, student_weight, teacher_hidden, teacher_weight, target, *, temperature,
-                       beta, ignore_index, reduction, chunk_size):
-    _check_linear(student_hidden, student_weight, None, "student_hidden", "student_weight")
-    _check_linear(teacher_hidden, teacher_weight, None, "teacher_hidden", "teacher_weight")
-    if student_weight.shape[0] != teacher_weight.shape[0]:
-        raise ValueError(
-            f"student and teacher vocabularies differ: {student_weight.shape[0]} vs {teacher_weight.shape[0]}")
-    lead = student_hidden.shape[:-1]
-    if teacher_hidden.shape[:-1] != lead:
-        raise ValueError(
-            f"teacher_hidden must have leading shape {tuple(lead)}, got {tuple(teacher_hidden.shape[:-1])}")
-    check_positive(temperature, "temperature")
-    if kind == "js" and not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
-        raise ValueError(f"beta must be in (0, 1), got {beta!r}")
-    check_reduction(reduction)
-    vocab = student_weight.shape[0]
-    if target is not None:
-        _check_target(target, lead, vocab, ignore_index)
-    dtype = compute_dtype(student_hidden, student_weight, teacher_hidden, teacher_weight)
-    hs = upcast(student_hidden.reshape(-1, student_hidden.shape[-1]), dtype)
-    ws = upcast(student_weight, dtype)
-    ht = upcast(teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]), dtype)
-    wt = upcast(teacher_weight.detach(), dtype)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    # a chunk holds the student and teacher logits and their log-softmax: ~6 buffers of rows x V
-    rows = _chunk_rows(chunk_size, vocab, hs.shape[0], itemsize, 6)
-
-    def chunk_div(h, w, h_t):
-        xs = h @ w.t()
-        with torch.no_grad():
-            xt = h_t @ wt.t()
-        if kind == "kl":  # forward KL(teacher || student): P = teacher, Q = student
-            return kl_divergence(xt, xs, temperature=temperature, reduction="none")
-        return generalized_js_divergence(xt, xs, beta=beta, temperature=temperature, reduction="none")
-
-    parts = []
-    for start in range(0, hs.shape[0], rows):
-        args = (hs[start : start + rows], ws, ht[start : start + rows])
-        # activation checkpointing per chunk: only the chunk's inputs are kept, its logits
-        # are recomputed in the backward pass
-        parts.append(checkpoint(chunk_div, *args, use_reentrant=False) if _needs_grad(*args[:2]) else chunk_div(*args))
-    value = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=hs.device)
-    mask = None if target is None else (target != ignore_index)
-    return reduce(value.reshape(lead), reduction, mask=mask)
-
-
-@register("linear_kl_divergence", family="large_vocab", reference=CCE_PAPER, example=_pair_example(temperature=2.0),
-          input_kind="hidden states", symmetric=False, memory="O(chunk * V)")
-def linear_kl_divergence(
-    student_hidden: torch.Tensor,
-    student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
-    target: torch.Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    r"""Forward KL(teacher ‖ student) between vocabulary distributions from hidden states, chunked.
-
-    Per token, :func:`~losslab.functional.kl_divergence` with P = teacher, logits
-    :math:`h_t W_t^\top`, and Q = student, logits :math:`h_s W_s^\top`, both divided by the
-    temperature :math:`T`:
-
-    .. math:: \mathrm{KL}(P\,\|\,Q) = \sum_k p_k (\log p_k - \log q_k),
-
-    the usual (forward) distillation direction; the divergence helper's argument order
-    (``p_logits`` = P first) is kept, teacher first. No :math:`T^2` factor is applied
-    (multiply by it yourself if you want Hinton's gradient scale). Computed over chunks of
-    tokens with activation checkpointing (one chunk of student and teacher logits in
-    memory; the chunk is recomputed in the backward pass). No gradient reaches the teacher.
-    Tokens whose ``target`` equals ``ignore_index`` are left out (``target`` is used only
-    for that); ``"mean"`` averages over kept tokens.
-
-    Args:
-        student_hidden: ``(*, D_s)``.
-        student_weight: ``(V, D_s)``.
-        teacher_hidden: ``(*, D_t)``.
-        teacher_weight: ``(V, D_t)``.
-        target: optional ``(*)`` token ids, for masking only.
-        temperature: :math:`T > 0`.
-        ignore_index: masked target value.
-        reduction: ``"mean"`` over kept tokens, ``"sum"`` or ``"none"``.
-        chunk_size: tokens per chunk (None: from a 32 MiB budget).
-
-    Shape:
-        output ``(*)`` for ``"none"``, else a scalar.
-
-    Example:
-        >>> import torch
-        >>> from losslab.functional import linear_kl_divergence, kl_divergence
-        >>> g = torch.Generator().manual_seed(0)
-        >>> hs, ws, ht, wt = (torch.randn(5, 4, generator=g), torch.randn(30, 4, generator=g),
-        ...                   torch.randn(5, 6, generator=g), torch.randn(30, 6, generator=g))
-        >>> torch.allclose(linear_kl_divergence(hs, ws, ht, wt, chunk_size=2), kl_divergence(ht @ wt.T, hs @ ws.T))
-        True
-
-    References:
-        Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015,
-        https://arxiv.org/abs/1503.02531; Wijmans et al., "Cut Your Losses in
-        Large-Vocabulary Language Models", 2024, https://arxiv.org/abs/2411.09009.
-    """
-    return _linear_divergence("kl", student_hidden, student_weight, teacher_hidden, teacher_weight, target,
-                              temperature=temperature, beta=0.5, ignore_index=ignore_index, reduction=reduction,
-                              chunk_size=chunk_size)
-
-
-@register("linear_js_divergence", family="large_vocab", reference=CCE_PAPER, example=_pair_example(beta=0.3),
-          input_kind="hidden states", bounded=True, memory="O(chunk * V)")
-def linear_js_divergence(
-    student_hidden: torch.Tensor,
-    student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
-    target: torch.Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    r"""Generalized Jensen–Shannon divergence between teacher and student vocabularies, chunked.
-
-    Per token, :func:`~losslab.functional.generalized_js_divergence` with P = teacher and
-    Q = student (the divergence helper's order, teacher first):
-
-    .. math::
-        \mathrm{JS}_\beta(P, Q) = \beta\,\mathrm{KL}(P\,\|\,M) + (1-\beta)\,\mathrm{KL}(Q\,\|\,M),
-        \qquad M = \beta P + (1-\beta) Q,
-
-    the on-policy distillation objective (GKD), computed like :func:`linear_kl_divergence`
-    (one chunk of logits in memory, no gradient to the teacher). Some libraries weight the
-    mixture the other way round (β on the student): pass ``1 - beta`` to match them.
-
-    Args:
-        student_hidden: ``(*, D_s)``.
-        student_weight: ``(V, D_s)``.
-        teacher_hidden: ``(*, D_t)``.
-        teacher_weight: ``(V, D_t)``.
-        target: optional ``(*)`` token ids, for masking only.
-        temperature: :math:`T > 0`, divides both logits.
-        beta: :math:`\beta \in (0, 1)`, weight of the teacher in the mixture.
-        ignore_index: masked target value.
-        reduction: ``"mean"`` over kept tokens, ``"sum"`` or ``"none"``.
-        chunk_size: tokens per chunk.
-
-    Shape:
-        output ``(*)`` for ``"none"``, else a scalar.
-
-    Example:
-        >>> import torch
-        >>> from losslab.functional import linear_js_divergence, generalized_js_divergence
-        >>> g = torch.Generator().manual_seed(0)
-        >>> hs, ws, ht, wt = (torch.randn(5, 4, generator=g), torch.randn(30, 4, generator=g),
-        ...                   torch.randn(5, 6, generator=g), torch.randn(30, 6, generator=g))
-        >>> torch.allclose(linear_js_divergence(hs, ws, ht, wt, beta=0.3, chunk_size=2),
-        ...                generalized_js_divergence(ht @ wt.T, hs @ ws.T, beta=0.3))
-        True
-
-    References:
-        Agarwal et al., "On-Policy Distillation of Language Models: Learning from
-        Self-Generated Mistakes", ICLR 2024, https://arxiv.org/abs/2306.13649; Wijmans et al.,
-        2024, https://arxiv.org/abs/2411.09009.
-    """
-    return _linear_divergence("js", student_hidden, student_weight, teacher_hidden, teacher_weight, target,
-                              temperature=temperature, beta=beta, ignore_index=ignore_index, reduction=reduction,
-                              chunk_size=chunk_size)
-
-
-# --------------------------------------------------------------------------- sequence log-probs
-def _seq_example() -> Example:
-    def make(gen):
-        t = randint(gen, 13, 3, 5)
-        t[0, 3:] = -100
-        return (randn(gen, 3, 5, 4), randn(gen, 13, 4), t), {"chunk_size": 4}
-
-    def mismatch(gen):
-        return (randn(gen, 3, 5, 4), randn(gen, 13, 4), randint(gen, 13, 3, 4)), {}
-
-    return Example(make=make, mismatch=mismatch, logits=(0,))
-
-
-@register("sequence_logprobs", family="large_vocab", reference=CCE_PAPER, example=_seq_example(),
-          input_kind="hidden states", module_required=False, memory="O(chunk * V)")
-def sequence_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    bias: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    average: bool = False,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    r"""Per-sequence log-probability of the target tokens from hidden states, without the logits.
-
-    .. math::
-        \log\pi(y \mid x) = \sum_{t:\, y_t \ne \text{ignore}} \log\operatorname{softmax}(h_t W^\top + b)_{y_t},
-
-    or its mean over the kept tokens with ``average=True`` (SimPO and IPO use the average).
-    The input of DPO-style objectives; differentiable. Computed with
-    :func:`linear_cross_entropy` (``reduction="none"``: chunked, recomputed in backward).
-    A sequence with no kept token gets 0. ``target`` is already aligned with ``hidden``
-    (shift it yourself for next-token prediction, or use ``linear_cross_entropy(...,
-    shift=True, reduction="none")``).
-
-    Args:
-        hidden: ``(B, T, D)``.
-        weight: ``(V, D)``.
-        target: ``(B, T)`` token ids or ``ignore_index`` (prompt, padding).
-        bias: optional ``(V,)``.
-        ignore_index: target value of tokens left out.
-        average: mean instead of sum over the kept tokens.
-        chunk_size: tokens per chunk.
-
-    Shape:
-        output ``(B,)``.
-
-    Example:
-        >>> import torch
-        >>> from losslab.functional import sequence_logprobs
-        >>> h, w = torch.zeros(1, 3, 2), torch.zeros(4, 2)             # uniform over 4 tokens
-        >>> sequence_logprobs(h, w, torch.tensor([[1, 2, -100]]))       # 2 log(1/4)
-        tensor([-2.7726])
-
-    References:
-        Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a
-        Reward Model", 2023, https://arxiv.org/abs/2305.18290; Wijmans et al., 2024,
-        https://arxiv.org/abs/2411.09009.
-    """
-    if hidden.dim() != 3:
-        raise ValueError(f"hidden must be (B, T, D), got shape {tuple(hidden.shape)}")
-    per_token = -linear_cross_entropy(hidden, weight, target, bias=bias, ignore_index=ignore_index, reduction="none",
-                                      chunk_size=chunk_size)
-    total = per_token.sum(-1)
-    if not average:
-        return total
-    count = (target != ignore_index).sum(-1).to(total.dtype)
-    return total / torch.where(count == 0, torch.ones_like(count), count)
+    return LinearCrossEntropyOutput(out, lse) if return_lse else out

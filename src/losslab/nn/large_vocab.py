@@ -1,4 +1,9 @@
-"""Module wrappers for the large-vocabulary objectives (the weight stays the caller's)."""
+"""Module wrappers for the large-vocabulary objectives.
+
+The output layer's ``weight`` and ``bias`` belong to the model: they are arguments of
+``forward`` on every call, never tensors held (or copied) by the loss, so ``.to()``,
+``.double()`` and ``state_dict`` of the loss never see them.
+"""
 from __future__ import annotations
 
 from .. import functional as F
@@ -10,14 +15,20 @@ __all__ = ["LinearCrossEntropyLoss", "LinearKLDivergence", "LinearJSDivergence"]
 
 @register_module("linear_cross_entropy")
 class LinearCrossEntropyLoss(FunctionalLoss, function=F.linear_cross_entropy):
-    """Module form of :func:`losslab.functional.linear_cross_entropy`: ``forward(hidden, weight, target)``."""
+    """Module form of :func:`losslab.functional.linear_cross_entropy`.
+
+    ``LinearCrossEntropyLoss(label_smoothing=0.1)(hidden, head.weight, target, bias=head.bias)``:
+    hyperparameters in ``__init__`` (checked there), the head's tensors per call.
+    """
 
 
 @register_module("linear_kl_divergence")
 class LinearKLDivergence(FunctionalLoss, function=F.linear_kl_divergence):
-    """Module form of :func:`losslab.functional.linear_kl_divergence`."""
+    """Module form of :func:`losslab.functional.linear_kl_divergence`:
+    ``forward(student_hidden, student_weight, teacher_hidden, teacher_weight, target=None)``."""
 
 
 @register_module("linear_js_divergence")
 class LinearJSDivergence(FunctionalLoss, function=F.linear_js_divergence):
-    """Module form of :func:`losslab.functional.linear_js_divergence`."""
+    """Module form of :func:`losslab.functional.linear_js_divergence`:
+    ``forward(student_hidden, student_weight, teacher_hidden, teacher_weight, target=None)``."""
