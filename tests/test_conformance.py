@@ -38,6 +38,20 @@ def _info(name: str) -> LossInfo:
     return info
 
 
+def _namespace(info: LossInfo):
+    """Where a registered name is exported: estimators from losslab.estimators, the rest from functional."""
+    return losslab.estimators if info.family == "estimators" else losslab.functional
+
+
+def _tensor_info(name: str) -> LossInfo:
+    """The info of an objective called as ``f(*tensors) -> tensor``; streaming estimators
+    (classes with update/compute, registered ``streaming=True``) are tested in their family's tests."""
+    info = _info(name)
+    if info.properties.get("streaming"):
+        pytest.skip("a streaming estimator (update/compute): tested in its family's tests")
+    return info
+
+
 def _make(info: LossInfo, seed: int = 0, factory=None):
     gen = torch.Generator().manual_seed(seed)
     return (factory or info.example.make)(gen)
@@ -99,8 +113,9 @@ def _needs_grad(info: LossInfo, args) -> tuple[int, ...]:
 def test_registered_and_documented(name):
     info = _info(name)
     assert info.reference.title and info.reference.year and info.reference.url.startswith("http")
-    assert getattr(losslab.functional, name) is info.function, f"{name} is not exported from losslab.functional"
-    assert name in losslab.functional.__all__
+    ns = _namespace(info)
+    assert getattr(ns, name) is info.function, f"{name} is not exported from {ns.__name__}"
+    assert name in ns.__all__
     doc = inspect.getdoc(info.function) or ""
     for section in ("Args:", "Shape:", "Example:", "References:"):
         assert section in doc, f"{name}'s docstring lacks a {section!r} section"
@@ -126,9 +141,11 @@ def test_every_public_module_is_reachable_from_the_registry():
 @pytest.mark.parametrize("name", NAMES)
 def test_reduction_contract(name):
     """sum == none.sum(); mean == the documented rule from none; on every variant of the inputs."""
-    info = _info(name)
+    info = _tensor_info(name)
     if not info.supports_reduction and info.properties.get("inference_only"):
         pytest.skip("an inference-time transform returning adjusted logits, not a loss")
+    if not info.supports_reduction and info.family == "estimators" and not info.batch_level:
+        pytest.skip("an estimator returning per-sample weights or an Estimate, not a loss to reduce")
     if not info.supports_reduction:
         assert info.batch_level, f"{name} takes no `reduction`, so it must be registered batch_level=True"
         out = _call(info, *_make(info))
@@ -164,7 +181,7 @@ def test_reduction_contract(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nothing_kept_gives_zero_and_zero_gradients(name):
-    info = _info(name)
+    info = _tensor_info(name)
     params = _params(info)
     if "ignore_index" not in params and "mask" not in params:
         pytest.skip("the objective keeps every element")
@@ -184,7 +201,7 @@ def test_nothing_kept_gives_zero_and_zero_gradients(name):
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input_error_names_the_argument(name):
-    info = _info(name)
+    info = _tensor_info(name)
     assert info.example.mismatch is not None, f"{name}'s Example has no mismatch factory"
     assert info.example.mismatch_match, f"{name}'s Example has no mismatch_match (the argument the message names)"
     args, kwargs = _make(info, factory=info.example.mismatch)
@@ -195,7 +212,7 @@ def test_bad_input_error_names_the_argument(name):
 # --------------------------------------------------------------------------- precision
 @pytest.mark.parametrize("name", NAMES)
 def test_gradcheck_float64(name):
-    info = _info(name)
+    info = _tensor_info(name)
     if not info.differentiable:
         pytest.skip("not differentiable (documented)")
     args, kwargs = _make(info)
@@ -215,7 +232,7 @@ def test_gradcheck_float64(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_float32_matches_float64(name):
-    info = _info(name)
+    info = _tensor_info(name)
     args, kwargs = _make(info)
     out64 = _call(info, args, kwargs)
     out32 = _call(info, _cast(args, torch.float32), kwargs)
@@ -228,7 +245,7 @@ def test_float32_matches_float64(name):
 def test_half_precision_values_and_gradients(name, low):
     """Half inputs give a finite float32 loss equal to the float32 loss of the same (rounded)
     inputs, and finite gradients equal to the float32 ones up to the half dtype's rounding."""
-    info = _info(name)
+    info = _tensor_info(name)
     args, kwargs = _make(info)
     low_args = _cast(args, low)
     positions = _needs_grad(info, args)
@@ -253,7 +270,7 @@ def test_half_precision_values_and_gradients(name, low):
 def test_extreme_inputs_stay_finite(name):
     """Every input kind (logits, point clouds, embeddings) scaled to magnitude 1e4 in float32:
     finite values and gradients, or a clear ValueError; never NaN."""
-    info = _info(name)
+    info = _tensor_info(name)
     args, kwargs = _make(info)
     positions = info.example.extreme
     if positions is None:
@@ -282,7 +299,7 @@ def test_extreme_inputs_stay_finite(name):
 def test_nan_input_never_gives_a_finite_loss(name):
     """A NaN in a kept input element propagates (NaN loss) or raises ValueError; it is never
     turned into a finite loss."""
-    info = _info(name)
+    info = _tensor_info(name)
     args, kwargs = _make(info)
     positions = _floating(args)
     assert positions, "no floating input"
@@ -310,7 +327,7 @@ def _is_thin(info: LossInfo) -> bool:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_module_takes_per_batch_tensors_in_forward(name):
-    info = _info(name)
+    info = _tensor_info(name)
     if not _is_thin(info):
         pytest.skip("no thin Module (stateful / parameter-owning modules: test_stateful_module_round_trips)")
     module_cls = info.module
@@ -332,7 +349,7 @@ def test_module_takes_per_batch_tensors_in_forward(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_module_checks_hyperparameters_at_construction(name):
-    info = _info(name)
+    info = _tensor_info(name)
     if info.module is None:
         pytest.skip("no Module")
     if "reduction" not in inspect.signature(info.module.__init__).parameters:
@@ -347,7 +364,7 @@ def test_module_checks_hyperparameters_at_construction(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_stateful_module_round_trips(name):
-    info = _info(name)
+    info = _tensor_info(name)
     if info.module is None or _is_thin(info):
         pytest.skip("no hand-written Module")
     assert info.example.module is not None, f"{name}'s hand-written Module needs an Example.module factory"
@@ -367,7 +384,7 @@ def test_stateful_module_round_trips(name):
 def test_compiled_equals_eager(name):
     """``torch.compile(backend="aot_eager")`` with validation off: same values and gradients;
     the whole objective is one graph unless the registry records why it breaks."""
-    info = _info(name)
+    info = _tensor_info(name)
     args, kwargs = _make(info)
     positions = _needs_grad(info, args)
     torch._dynamo.reset()
@@ -399,7 +416,7 @@ def test_compile_with_default_validation_has_no_graph_break():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_validation_off_gives_same_value(name):
-    info = _info(name)
+    info = _tensor_info(name)
     args, kwargs = _make(info)
     ref = _call(info, args, kwargs)
     with losslab.validation(False):

@@ -8,7 +8,7 @@ True
 """
 from __future__ import annotations
 
-from . import distributed, functional, nn, registry
+from . import distributed, estimators, functional, nn, registry
 from ._checks import set_validation, validation, validation_enabled
 from .registry import Example, LossInfo, Reference, families, get, info, list_losses, register
 
@@ -19,6 +19,7 @@ __all__ = [
     "nn",
     "registry",
     "distributed",
+    "estimators",
     "Reference",
     "Example",
     "LossInfo",
