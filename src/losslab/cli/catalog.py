@@ -43,7 +43,7 @@ def describe(name: str) -> str:
     parts = [
         f"{info.name}  ({info.family})",
         "",
-        f"losslab.functional.{info.name}{sig}",
+        f"losslab.{'estimators' if info.family == 'estimators' else 'functional'}.{info.name}{sig}",
         f"module:     {', '.join('losslab.nn.' + m.__name__ for m in info.modules) or '—'}",
         f"tags:       {', '.join(info.tags) or '—'}",
         f"reference:  {info.reference}",
