@@ -182,6 +182,7 @@ def check_probabilities(p: torch.Tensor, name: str, *, dim: int = -1, atol: floa
     """Entries of ``p`` are in [0, 1] and sum to 1 along ``dim``."""
     check_floating(p, name)
     if validation_enabled() and p.numel() > 0:
+        p = p.detach()
         if atol is None:
             atol = 1e-3 if p.dtype in (torch.float16, torch.bfloat16) else 1e-5 * max(1.0, math.sqrt(p.shape[dim]))
         if bool(torch.isnan(p).any()):
