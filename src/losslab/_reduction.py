@@ -55,13 +55,14 @@ def reduce(
         loss = torch.where(mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
     if reduction == "none":
         return loss
+    denom_w = normalizer if normalizer is not None else weight
+    if reduction == "mean" and denom_w is None and mask is None:
+        # One kernel and one autograd node for the plain mean; an empty batch gives 0
+        # (torch's mean of nothing is NaN).
+        return loss.mean() if loss.numel() > 0 else loss.sum()
     total = loss.sum()
     if reduction == "sum":
         return total
-    denom_w = normalizer if normalizer is not None else weight
-    if denom_w is None and mask is None:
-        # Python-int count: no host sync; an empty batch gives 0 / 1 = 0.
-        return total / max(loss.numel(), 1)
     if denom_w is None:
         denom = mask.expand(loss.shape).sum().to(loss.dtype)
     else:
