@@ -24,6 +24,13 @@ from . import ranking as _ranking
 from . import large_vocab as _large_vocab
 from . import large_vocab_divergences as _large_vocab_divergences
 from . import large_vocab_sequence as _large_vocab_sequence
+from . import distillation as _distillation
+from . import distillation_stateful as _distillation_stateful
+from . import large_vocab_token as _large_vocab_token
+from . import policy_gradient as _policy_gradient
+from . import preference as _preference
+from . import calibration as _calibration
+from . import regression as _regression
 
 from .classification import *  # noqa: F401,F403
 from .classification_compsum import *  # noqa: F401,F403
@@ -45,6 +52,13 @@ from .ranking import *  # noqa: F401,F403
 from .large_vocab import *  # noqa: F401,F403
 from .large_vocab_divergences import *  # noqa: F401,F403
 from .large_vocab_sequence import *  # noqa: F401,F403
+from .distillation import *  # noqa: F401,F403
+from .distillation_stateful import *  # noqa: F401,F403
+from .large_vocab_token import *  # noqa: F401,F403
+from .policy_gradient import *  # noqa: F401,F403
+from .preference import *  # noqa: F401,F403
+from .calibration import *  # noqa: F401,F403
+from .regression import *  # noqa: F401,F403
 
 __all__: list[str] = [
     *_classification.__all__,
@@ -67,4 +81,11 @@ __all__: list[str] = [
     *_large_vocab.__all__,
     *_large_vocab_divergences.__all__,
     *_large_vocab_sequence.__all__,
+    *_distillation.__all__,
+    *_distillation_stateful.__all__,
+    *_large_vocab_token.__all__,
+    *_policy_gradient.__all__,
+    *_preference.__all__,
+    *_calibration.__all__,
+    *_regression.__all__,
 ]

@@ -22,6 +22,11 @@ from . import metric as _metric
 from . import metric_fewshot as _metric_fewshot
 from . import ranking as _ranking
 from . import large_vocab as _large_vocab
+from . import distillation as _distillation
+from . import policy_gradient as _policy_gradient
+from . import preference as _preference
+from . import calibration as _calibration
+from . import regression as _regression
 
 from .classification import *  # noqa: F401,F403
 from .classification_compsum import *  # noqa: F401,F403
@@ -39,6 +44,11 @@ from .metric import *  # noqa: F401,F403
 from .metric_fewshot import *  # noqa: F401,F403
 from .ranking import *  # noqa: F401,F403
 from .large_vocab import *  # noqa: F401,F403
+from .distillation import *  # noqa: F401,F403
+from .policy_gradient import *  # noqa: F401,F403
+from .preference import *  # noqa: F401,F403
+from .calibration import *  # noqa: F401,F403
+from .regression import *  # noqa: F401,F403
 
 __all__: list[str] = [
     "FunctionalLoss",
@@ -58,4 +68,9 @@ __all__: list[str] = [
     *_metric_fewshot.__all__,
     *_ranking.__all__,
     *_large_vocab.__all__,
+    *_distillation.__all__,
+    *_policy_gradient.__all__,
+    *_preference.__all__,
+    *_calibration.__all__,
+    *_regression.__all__,
 ]
