@@ -7,6 +7,8 @@ scipy.optimize on an NLL written in NumPy.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -202,13 +204,13 @@ def test_fit_temperature_matches_scipy(scale):
     res = optimize.minimize_scalar(lambda lt: _nll_numpy(z, y, np.exp(lt)), bounds=(-10, 10), method="bounded",
                                    options={"xatol": 1e-12})
     t = fit_temperature(logits, target)
-    assert t.dim() == 0 and t.dtype == torch.float64
+    assert isinstance(t, float)  # a fitting procedure returns a Python float
     assert float(t) == pytest.approx(np.exp(res.x), rel=1e-6)
     assert _nll_numpy(z, y, float(t)) <= res.fun + 1e-12  # at least as good as scipy's optimum
     again = fit_temperature(logits, target)
     assert float(again) == float(t)  # deterministic
     t32 = fit_temperature(logits.float(), target)
-    assert t32.dtype == torch.float32 and float(t32) == pytest.approx(float(t), rel=1e-5)
+    assert isinstance(t32, float) and t32 == pytest.approx(t, rel=1e-5)
 
 
 def test_fit_temperature_without_finite_optimum_raises():
@@ -228,9 +230,9 @@ def test_fit_temperature_with_minus_inf_class_and_nan():
     dead[:, 3] = float("-inf")
     target3 = torch.where(target == 3, torch.zeros_like(target), target)
     ref = fit_temperature(logits[:, :3], target3)  # a -inf class is absent
-    torch.testing.assert_close(fit_temperature(dead, target3), ref)
+    assert fit_temperature(dead, target3) == pytest.approx(ref, rel=1e-12)
     dead[0, 0] = float("nan")
-    assert torch.isnan(fit_temperature(dead, target3))
+    assert math.isnan(fit_temperature(dead, target3))
 
 
 # --------------------------------------------------------------------------- CA loss

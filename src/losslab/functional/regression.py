@@ -354,6 +354,29 @@ def _km_conditional(t: torch.Tensor, d: torch.Tensor, x: torch.Tensor, bandwidth
     return torch.where(d > 0, d / (n * surv), torch.zeros_like(d))
 
 
+def _km_example() -> Example:
+    def make(gen):
+        times = torch.rand(10, generator=gen, dtype=F64) * 3 + 0.1
+        return (times, torch.tensor([1, 0, 1, 1, 0, 1, 1, 0, 1, 1])), {}
+
+    def mismatch(gen):
+        (t, e), kw = make(gen)
+        return (t, e[:-1]), kw
+
+    return Example(make=make, mismatch=mismatch, mismatch_match="events|times", extreme=(0,))
+
+
+@register(
+    "kaplan_meier_weights",
+    family="regression",
+    reference=CENSORED_PAPER,
+    example=_km_example(),
+    tags=("survival", "censoring", "inverse probability of censoring weights", "instance weights"),
+    input_kind="durations",
+    returns="weights",
+    differentiable=False,
+    module_required=False,
+)
 def kaplan_meier_weights(
     times: torch.Tensor,
     events: torch.Tensor,
@@ -473,7 +496,7 @@ def censored_regression_loss(
     *,
     loss: str | PointwiseLoss = "squared",
     sample_weight: torch.Tensor | None = None,
-    reduction: str = "mean",
+    reduction: str = "sum",
 ) -> torch.Tensor:
     r"""Kaplan–Meier-weighted empirical risk for right-censored regression targets.
 
@@ -485,11 +508,11 @@ def censored_regression_loss(
     observed durations contribute, up-weighted by how likely they were to be censored; this
     removes the downward bias of treating censored times as observed.
 
-    Reductions: ``"none"`` returns :math:`W_i \ell_i`; ``"sum"`` is :math:`\hat R(f)`, the
-    paper's Kaplan–Meier risk; ``"mean"`` (the default, torch's weighted-mean rule)
-    is :math:`\sum_i W_i\ell_i / \sum_i W_i`. The two have the same minimizer (the weights do
-    not depend on ``pred``) and are equal when the largest time is an event (then
-    :math:`\sum_i W_i = 1`). All-zero weights (every time censored) are a ``ValueError``.
+    Reductions: ``"none"`` returns :math:`W_i \ell_i`; ``"sum"`` (the default: the
+    weights already normalize the risk, as the paper's estimator) is :math:`\hat R(f)`, the
+    paper's Kaplan–Meier risk; ``"mean"`` (torch's weighted-mean rule) is
+    :math:`\sum_i W_i\ell_i / \sum_i W_i`, with the same minimizer (equal to the sum when the
+    largest time is an event, where :math:`\sum_i W_i = 1`). All-zero weights (every time censored) are a ``ValueError``.
 
     Args:
         pred: predicted durations ``(N,)``.
@@ -499,7 +522,7 @@ def censored_regression_loss(
             ``loss(pred, target)`` returning per-sample values.
         sample_weight: precomputed non-negative weights ``(N,)`` used instead of the
             Kaplan–Meier weights.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        reduction: ``"sum"`` (the default: the paper's risk), ``"mean"`` or ``"none"``.
 
     Shape:
         pred, times, events ``(N,)``; output ``(N,)`` for ``"none"``, else a scalar.
