@@ -198,7 +198,7 @@ def check_probabilities(p: torch.Tensor, name: str, *, dim: int = -1, atol: floa
 
 def check_nonnegative_tensor(x: torch.Tensor, name: str) -> None:
     if validation_enabled() and x.numel() > 0:
-        lo = float(x.min())
+        lo = float(x.detach().min())
         if lo < 0 or math.isnan(lo):
             raise ValueError(f"{name} must be non-negative, found {lo:.4g}")
 
