@@ -62,3 +62,28 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def claim_out_dir(out: Path, config: dict) -> None:
+    """Make ``out`` the results folder of ``config``: refuse a file, or a folder holding
+    results of another configuration (so a resumed run never mixes settings), then write
+    ``config.json``.
+
+    Raises:
+        losslab.experiments.ExperimentError: naming what differs.
+    """
+    from . import ExperimentError
+
+    if out.exists() and not out.is_dir():
+        raise ExperimentError(f"--out {out} exists and is not a folder")
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        try:
+            old = read_json(cfg_path)
+        except ValueError:
+            old = None
+        if old != config:
+            changed = sorted(k for k in config if not isinstance(old, dict) or old.get(k) != config[k])
+            raise ExperimentError(f"{out} holds results of a different configuration (differs in: "
+                                  f"{', '.join(changed) or 'format'}); use another --out")
+    write_json(cfg_path, config)

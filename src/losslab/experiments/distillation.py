@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from . import ExperimentError
-from ._io import pyplot, read_json, save_figure, write_atomic, write_csv, write_json
+from ._io import claim_out_dir, pyplot, read_json, save_figure, write_atomic, write_csv, write_json
 
 NAME = "distillation"
 HELP = "distil a wide MLP teacher into a small student on sklearn digits; compare KD objectives by test accuracy"
@@ -276,20 +276,8 @@ def run(args) -> int:
 
     split = load("digits")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ExperimentError(f"--out {out} exists and is not a folder")
     config = _config(args, split)
-    cfg_path = out / "config.json"
-    if cfg_path.exists():
-        try:
-            old = read_json(cfg_path)
-        except ValueError:
-            old = None
-        if old != config:
-            changed = sorted(k for k in config if not isinstance(old, dict) or old.get(k) != config[k])
-            raise ExperimentError(f"{out} holds results of a different configuration (differs in: "
-                                  f"{', '.join(changed) or 'format'}); use another --out")
-    write_json(cfg_path, config)
+    claim_out_dir(out, config)
     jobs = [(label, seed) for label in labels for seed in range(args.seeds)]
     todo = [j for j in jobs if not _finished(out, *j, config)]
     if len(todo) < len(jobs):

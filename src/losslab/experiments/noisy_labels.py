@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from . import ExperimentError
-from ._io import read_json, save_figure, write_csv, write_json
+from ._io import claim_out_dir, read_json, save_figure, write_csv, write_json
 
 NAME = "noisy-labels"
 HELP = "train an MLP on sklearn digits/breast-cancer with label noise; compare objectives by clean test accuracy"
@@ -328,20 +328,8 @@ def run(args) -> int:
 
     split = load(args.dataset)
     out = Path(args.out or f"runs/noisy-labels-{args.dataset}-{args.noise_type}-{args.noise:g}")
-    if out.exists() and not out.is_dir():
-        raise ExperimentError(f"--out {out} exists and is not a folder")
     config = _config(args, split)
-    cfg_path = out / "config.json"
-    if cfg_path.exists():
-        try:
-            old = read_json(cfg_path)
-        except ValueError:
-            old = None
-        if old != config:
-            changed = sorted(k for k in config if not isinstance(old, dict) or old.get(k) != config[k])
-            raise ExperimentError(f"{out} holds results of a different configuration (differs in: "
-                                  f"{', '.join(changed) or 'format'}); use another --out")
-    write_json(cfg_path, config)
+    claim_out_dir(out, config)
 
     jobs = [(label, reg, kw, seed) for (label, reg, kw) in objectives for seed in range(args.seeds)]
     todo = [j for j in jobs if not _finished(out, *j, config)]

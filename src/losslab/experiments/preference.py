@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from . import ExperimentError
-from ._io import pyplot, read_json, save_figure, write_csv, write_json
+from ._io import claim_out_dir, pyplot, read_json, save_figure, write_csv, write_json
 
 NAME = "preference"
 HELP = "categorical policy over K responses, Bradley-Terry pairs from a hidden reward: reward vs entropy per objective"
@@ -184,20 +184,8 @@ def _config(args) -> dict:
 def run(args) -> int:
     names, betas = _parse(args)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ExperimentError(f"--out {out} exists and is not a folder")
     config = _config(args)
-    cfg_path = out / "config.json"
-    if cfg_path.exists():
-        try:
-            old = read_json(cfg_path)
-        except ValueError:
-            old = None
-        if old != config:
-            changed = sorted(k for k in config if not isinstance(old, dict) or old.get(k) != config[k])
-            raise ExperimentError(f"{out} holds results of a different configuration (differs in: "
-                                  f"{', '.join(changed) or 'format'}); use another --out")
-    write_json(cfg_path, config)
+    claim_out_dir(out, config)
     jobs = _jobs(names, betas, args.seeds)
     todo = [j for j in jobs if not _run_path(out, *j).exists()]
     if len(todo) < len(jobs):
