@@ -85,3 +85,30 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
+
+
+def interleaved_medians(steps, *, repeat: int, warmup: int = 2, clock: Callable[[], float] = time.perf_counter,
+                        max_seconds: float = 120.0, min_repeat: int = 3):
+    """Median time of each step, timed in alternating order so that a load change on the
+    shared machine hits every competitor alike.
+
+    ``steps`` is a list of callables (returns a list of medians) or a dict name -> callable
+    (returns a dict). Stops early after ``max_seconds`` once ``min_repeat`` rounds are done.
+    """
+    named = isinstance(steps, dict)
+    fns = list(steps.values()) if named else list(steps)
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    for r in range(repeat):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t0 = clock()
+            fns[i]()
+            times[i].append(clock() - t0)
+        if time.perf_counter() - start > max_seconds and r + 1 >= min_repeat:
+            break
+    medians = [statistics.median(t) for t in times]
+    return dict(zip(steps, medians)) if named else medians

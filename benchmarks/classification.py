@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine, print_table  # noqa: E402
+from _timing import interleaved_medians, machine, print_table  # noqa: E402
 
 from losslab.functional import cross_entropy  # noqa: E402
 
@@ -46,24 +46,6 @@ def ours_variant(name):
     if name == "z_loss":
         return lambda x, t: cross_entropy(x, t, z_loss=Z)
     return lambda x, t: cross_entropy(x, t, label_smoothing=0.1)
-
-
-def interleaved_medians(steps, *, repeat, warmup=2, clock=time.perf_counter, max_seconds=120.0):
-    """Median time of each step, timed in alternating order so that load changes hit all alike."""
-    for step in steps:
-        for _ in range(warmup):
-            step()
-    times = [[] for _ in steps]
-    start = time.perf_counter()
-    for r in range(repeat):
-        order = range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))
-        for i in order:
-            t0 = clock()
-            steps[i]()
-            times[i].append(clock() - t0)
-        if time.perf_counter() - start > max_seconds and r >= 2:
-            break
-    return [statistics.median(t) for t in times]
 
 
 def fwd_bwd(fn, logits, target):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine, print_table  # noqa: E402
+from _timing import interleaved_medians, machine, print_table  # noqa: E402
 
 from losslab.functional import kd_loss  # noqa: E402
 
@@ -70,23 +70,6 @@ def step(fn, s, t, y):
     return run
 
 
-def interleaved_medians(steps, *, repeat, warmup=1, clock=time.perf_counter, max_seconds=300.0):
-    for st in steps:
-        for _ in range(warmup):
-            st()
-    times = [[] for _ in steps]
-    start = time.perf_counter()
-    for r in range(repeat):
-        order = range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))
-        for i in order:
-            t0 = clock()
-            steps[i]()
-            times[i].append(clock() - t0)
-        if time.perf_counter() - start > max_seconds and r >= 2:
-            break
-    return [statistics.median(ts) for ts in times]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="B*T = 1024 tokens and 3 repeats")
@@ -117,7 +100,7 @@ def main() -> None:
             theirs, ours = CASES[case]
             torch.testing.assert_close(ours(s, t, y), theirs(s, t, y), rtol=1e-4, atol=1e-5)
             t_torch, t_ours = interleaved_medians([step(theirs, s, t, y), step(ours, s, t, y)], repeat=repeat,
-                                                  clock=clock)
+                                                  clock=clock, warmup=1, max_seconds=300.0)
             rows.append({"dtype": name, "case": case, "torch ms": 1e3 * t_torch, "losslab ms": 1e3 * t_ours,
                          "ratio": t_ours / t_torch})
             print(f"#   done {name} {case}: ratio {t_ours / t_torch:.3f}", flush=True)

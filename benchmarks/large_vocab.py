@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine, peak_rss_mib, print_table  # noqa: E402
+from _timing import interleaved_medians, machine, peak_rss_mib, print_table  # noqa: E402
 
 from losslab.functional import cross_entropy, linear_cross_entropy  # noqa: E402
 
@@ -95,22 +95,6 @@ def step_fns(h, w, t, options):
 
     fns["floor"] = floor
     return fns
-
-
-def interleaved(fns: dict, repeat: int, max_seconds: float) -> dict:
-    for f in fns.values():  # warm-up
-        f()
-    times = {k: [] for k in fns}
-    start = time.perf_counter()
-    for r in range(repeat):
-        names = list(fns) if r % 2 == 0 else list(reversed(fns))
-        for k in names:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > max_seconds and r >= 1:
-            break
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 SETUP = """
@@ -244,7 +228,8 @@ def main(argv=None) -> int:
         if peaked and "materialized" in fns and args.quick:
             fns.pop("materialized")  # ~10x slower with subnormals; the full run measures it
         print(f"{label}: timing {', '.join(fns)} ...", flush=True)
-        med = interleaved(fns, 1 if dtype == "bfloat16" else repeat, max_seconds=60 if args.quick else 240)
+        med = interleaved_medians(fns, repeat=1 if dtype == "bfloat16" else repeat, warmup=1,
+                                  max_seconds=60 if args.quick else 240, min_repeat=2)
         del h, w, t, fns
         for k, sec in med.items():
             row = {"config": label, "method": k, "seconds": sec}

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine, peak_rss_mib, print_table  # noqa: E402
+from _timing import interleaved_medians, machine, peak_rss_mib, print_table  # noqa: E402
 
 from losslab.functional import linear_token_logprobs  # noqa: E402
 
@@ -56,21 +56,6 @@ def materialized(h, w, t, u, e):
 def ours(h, w, t, u, e):
     out = linear_token_logprobs(h, w, t, temperature=TEMPERATURE, return_entropy=True)
     (out.logps * u + out.entropy * e).sum().backward()
-
-
-def interleaved(fns: dict, repeat: int, max_seconds: float) -> dict:
-    for f in fns.values():  # warm-up
-        f()
-    times = {k: [] for k in fns}
-    start = time.perf_counter()
-    for r in range(repeat):
-        for k in (list(fns) if r % 2 == 0 else list(reversed(fns))):
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > max_seconds and r >= 1:
-            break
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 SETUP = """
@@ -106,7 +91,8 @@ def main(argv=None) -> int:
                 fn(h, w, t, u, e)
             return run
 
-        times = interleaved({"materialized": step(materialized), "ours": step(ours)}, repeat, max_seconds=120)
+        times = interleaved_medians({"materialized": step(materialized), "ours": step(ours)}, repeat=repeat,
+                                    warmup=1, max_seconds=120, min_repeat=2)
         del h, w, t, u, e
         mem = {}
         if not args.no_memory:

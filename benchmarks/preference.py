@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine, print_table  # noqa: E402
+from _timing import interleaved_medians, machine, print_table  # noqa: E402
 
 from losslab.functional import dpo_loss  # noqa: E402
 
@@ -47,23 +47,6 @@ def ours_variant(name):
     if name == "ipo":
         return lambda pc, pr, rc, rr: dpo_loss(pc, pr, rc, rr, beta=BETA, loss_type="ipo")
     return lambda pc, pr, rc, rr: dpo_loss(pc, pr, rc, rr, beta=BETA, divergence="forward_kl")
-
-
-def interleaved_medians(steps, *, repeat, warmup=3, max_seconds=60.0):
-    for step in steps:
-        for _ in range(warmup):
-            step()
-    times = [[] for _ in steps]
-    start = time.perf_counter()
-    for r in range(repeat):
-        order = range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))
-        for i in order:
-            t0 = time.perf_counter()
-            steps[i]()
-            times[i].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > max_seconds and r >= 2:
-            break
-    return [statistics.median(t) for t in times]
 
 
 def fwd_bwd(fn, inputs, inner):
@@ -99,7 +82,8 @@ def main() -> None:
                 if dtype == torch.bfloat16:
                     ref = (lambda f: lambda *xs: f(*(x.float() for x in xs)))(ref)
                 t_torch, t_ours = interleaved_medians(
-                    [fwd_bwd(ref, inputs, inner), fwd_bwd(ours_variant(variant), inputs, inner)], repeat=repeat)
+                    [fwd_bwd(ref, inputs, inner), fwd_bwd(ours_variant(variant), inputs, inner)], repeat=repeat,
+                    warmup=3, max_seconds=60.0)
                 row = {"dtype": str(dtype).replace("torch.", ""), "B": b, "variant": variant,
                        "torch us/call": 1e6 * t_torch / inner, "losslab us/call": 1e6 * t_ours / inner,
                        "ratio": t_ours / t_torch}
