@@ -23,4 +23,5 @@ demo: install-cli
 	$(VENV)/bin/losslab run noisy-labels
 
 test: install-dev
+	$(PY) -m ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q

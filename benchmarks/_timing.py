@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

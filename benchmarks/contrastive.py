@@ -28,8 +28,6 @@ import torch.nn.functional as TF
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import machine, median_time, print_table  # noqa: E402
 
-from losslab.functional import info_nce, nt_xent, supcon_loss  # noqa: E402
-
 TAU = 0.1
 
 

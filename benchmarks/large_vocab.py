@@ -39,11 +39,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import torch

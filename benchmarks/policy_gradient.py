@@ -21,9 +21,7 @@ the materialized path's) are printed with the ratios.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -85,10 +83,10 @@ def main(argv=None) -> int:
     for v in vocabs:
         h, w, t, u, e = make(n, args.d, v)
 
-        def step(fn):
+        def step(fn, inputs=(h, w, t, u, e)):
             def run():
-                h.grad = w.grad = None
-                fn(h, w, t, u, e)
+                inputs[0].grad = inputs[1].grad = None
+                fn(*inputs)
             return run
 
         times = interleaved_medians({"materialized": step(materialized), "ours": step(ours)}, repeat=repeat,

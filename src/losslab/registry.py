@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -85,7 +86,7 @@ class Example:
     mean_rule: Callable[[torch.Tensor, tuple, dict], torch.Tensor] | None = None
     variants: tuple[Factory, ...] = ()
     empty: Factory | None = None
-    module: Callable[[torch.Generator], "tuple[torch.nn.Module, tuple, dict]"] | None = None
+    module: Callable[[torch.Generator], tuple[torch.nn.Module, tuple, dict]] | None = None
 
 
 @dataclass

@@ -10,7 +10,6 @@ import torch
 from _spawn import spawn
 
 import losslab
-
 from losslab.estimators import inverse_variance_weights, kl_dro_loss, kl_dro_weights, loss_reweighting
 
 F64 = torch.float64

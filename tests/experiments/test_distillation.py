@@ -21,7 +21,7 @@ def _args(tmp_path, **kw):
 
 
 def test_every_objective_of_the_table_is_registered_in_the_distillation_family():
-    for label, (reg, kw) in dx.OBJECTIVES.items():
+    for label, (reg, _kw) in dx.OBJECTIVES.items():
         if reg is not None:
             assert losslab.info(reg).family == "distillation", label
     assert {"kd_kl", "kd_reverse_kl", "kd_js", "kd_total_variation", "sinkd", "nd", "dhkd", "ce"} <= set(dx.OBJECTIVES)

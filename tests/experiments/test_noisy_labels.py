@@ -15,6 +15,7 @@ from losslab.data.sklearn_sets import NUM_CLASSES, corrupt_labels, load, max_noi
 from losslab.experiments import ExperimentError
 from losslab.experiments import noisy_labels as nl
 
+
 @pytest.fixture(scope="module")
 def digits():
     pytest.importorskip("sklearn")

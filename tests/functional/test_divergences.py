@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 import losslab
 from losslab import functional as LF
 from losslab import nn as LN
+
 # The generator table is code under test (its f, f', f* are checked below); references use _f_ref.
-from losslab.functional.divergences_f import F_DIVERGENCES, f_divergence_generator as generator
+from losslab.functional.divergences_f import F_DIVERGENCES
+from losslab.functional.divergences_f import f_divergence_generator as generator
 
 scipy_special = pytest.importorskip("scipy.special")
 scipy_distance = pytest.importorskip("scipy.spatial.distance")

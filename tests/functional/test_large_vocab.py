@@ -1,7 +1,7 @@
 """Chunked large-vocabulary objectives against the materialized computation in float64."""
 import itertools
-import math
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import losslab
 from losslab import functional as LF
 from losslab import nn as LN
 from losslab.functional import large_vocab as LV

@@ -5,9 +5,9 @@ import torch
 
 from .._checks import check_choice
 from ..functional.calibration import (
+    CA_PAPER,
     NAEINI,
     NORMS,
-    CA_PAPER,
     _confidence_accuracy,
     bin_sums,
     check_calibration_inputs,
@@ -108,14 +108,14 @@ class CalibrationError(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"n_bins={self.n_bins}, norm={self.norm!r}"
 
-    def reset(self) -> "CalibrationError":
+    def reset(self) -> CalibrationError:
         """Zero the state."""
         for t in (self.count, self.conf_sum, self.acc_sum):
             t.zero_()
         return self
 
     @torch.no_grad()
-    def update(self, probs: torch.Tensor, target: torch.Tensor) -> "CalibrationError":
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> CalibrationError:
         """Add a batch: ``probs (*, C)`` with class indices, or binary ``(*)`` with 0/1 targets."""
         target = check_calibration_inputs(probs, target)
         p = probs.detach()
@@ -129,7 +129,7 @@ class CalibrationError(torch.nn.Module):
         return self
 
     @torch.no_grad()
-    def merge(self, other: "CalibrationError") -> "CalibrationError":
+    def merge(self, other: CalibrationError) -> CalibrationError:
         """Add ``other``'s state (same ``n_bins``): the metric of the union of both streams."""
         if not isinstance(other, CalibrationError):
             raise TypeError(f"other must be a CalibrationError, got {type(other).__name__}")

@@ -27,7 +27,8 @@ A training loop (one parameter group per optimizer group)::
 """
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 

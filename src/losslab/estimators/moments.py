@@ -11,7 +11,7 @@ digit (it subtracts two numbers near :math:`10^{16}` whose spacing is 2).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -172,7 +172,7 @@ class RunningMoments(torch.nn.Module):
     def __repr__(self) -> str:  # one line: there are no submodules
         return f"{type(self).__name__}({self.extra_repr()})"
 
-    def reset(self) -> "RunningMoments":
+    def reset(self) -> RunningMoments:
         """Forget every value seen (count 0)."""
         for buf in (self.count, self.mean, self.m2, self.m3, self.m4):
             buf.zero_()
@@ -190,7 +190,7 @@ class RunningMoments(torch.nn.Module):
 
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> "RunningMoments":
+    def update(self, x: torch.Tensor) -> RunningMoments:
         """Add the rows of ``x`` (shape ``(N, *shape)``); returns ``self``."""
         check_tensor(x, "x")
         if x.is_complex():
@@ -217,7 +217,7 @@ class RunningMoments(torch.nn.Module):
         return self
 
     @torch.no_grad()
-    def merge(self, other: "RunningMoments") -> "RunningMoments":
+    def merge(self, other: RunningMoments) -> RunningMoments:
         """Add the values summarized by ``other`` (Chan/Pébay pairwise update); returns ``self``."""
         if not isinstance(other, RunningMoments):
             raise TypeError(f"other must be a RunningMoments, got {type(other).__name__}")
@@ -230,7 +230,7 @@ class RunningMoments(torch.nn.Module):
         return self
 
     @torch.no_grad()
-    def all_reduce(self, group=None) -> "RunningMoments":
+    def all_reduce(self, group=None) -> RunningMoments:
         """Replace the state on every rank by the statistics of the union of all ranks' values.
 
         A collective: call it on every rank of ``group`` (default: the world). Shards may hold

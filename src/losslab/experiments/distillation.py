@@ -38,7 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-
 import torch
 
 from . import ExperimentError

@@ -5,7 +5,8 @@ floating tensors; the suite casts them to other dtypes itself.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

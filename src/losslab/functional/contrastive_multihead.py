@@ -15,7 +15,7 @@ implementation relies on the authors' code instead, the docstrings say so.
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ AMCL_PAPER = Reference(
 )
 AMCL_SEED = "Adaptive Multi-head Contrastive Learning"
 
-Temperature = Union[float, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+Temperature = float | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Rows of anchors per block in the hardest-negative search: one block holds about this many
 # similarities (16 MiB in float32), so the 2B x 2B x C similarity tensor is never stored.

@@ -2,18 +2,23 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .._checks import (
-    check_choice, check_class_target, check_floating, check_integer, check_ndim, check_positive,
-    hyperparameter_checks, validation_enabled,
+    check_class_target,
+    check_floating,
+    check_integer,
+    check_ndim,
+    check_positive,
+    hyperparameter_checks,
+    validation_enabled,
 )
 from .._numerics import compute_dtype, upcast
 from .._reduction import Reduction, reduce
 from ..registry import Example, Reference, register
-from ._examples import F64, randint, randn
+from ._examples import F64, randn
 from .divergences import _check_mask, _kl
 
 __all__ = [

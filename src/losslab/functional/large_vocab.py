@@ -61,8 +61,9 @@ NaN, so a NaN input still gives a NaN loss (non-finite inputs: see CONTRIBUTING.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Literal, NamedTuple, overload
+from typing import Literal, NamedTuple, overload
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -393,7 +394,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # softmax * (1 + 2 zl Z) - (1-eps) onehot - eps/V
                 kf = kc.to(sd) if denom is None else kc.to(sd) / denom
                 a = kf * (1.0 + 2.0 * zl * lse_c) if zl > 0 else kf
-                g = e.mul_((a.unsqueeze(1) / ssum))
+                g = e.mul_(a.unsqueeze(1) / ssum)
                 _apply_target_terms(g, yc, kf, eps, vocab)
                 if cap is not None:
                     g.addcmul_(g, th.square_(), value=-1.0)  # chain rule: d(c tanh(x/c))/dx = 1 - tanh^2

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Literal, Union
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ __all__ = [
     "proto_triplet_loss",
 ]
 
-Distance = Union[Literal["euclidean", "sqeuclidean", "cosine", "dot"], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+Distance = Literal["euclidean", "sqeuclidean", "cosine", "dot"] | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DISTANCES = ("euclidean", "sqeuclidean", "cosine", "dot")
 Average = Literal["nonzero", "all"]
 MS_PAPER = Reference(

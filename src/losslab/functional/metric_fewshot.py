@@ -15,7 +15,8 @@ set-level objectives, e.g. :func:`mmd` or :func:`uniformity`).
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Union
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -29,7 +30,7 @@ __all__ = ["icnn_score", "icnn_loss"]
 
 # "dot" (-<x, y>) can be negative: the ICNN ratios assume distances >= 0.
 ICNN_DISTANCES = ("euclidean", "sqeuclidean", "cosine")
-ICNNDistance = Union[Literal["euclidean", "sqeuclidean", "cosine"], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+ICNNDistance = Literal["euclidean", "sqeuclidean", "cosine"] | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _check_int(value: object, name: str, low: int) -> None:

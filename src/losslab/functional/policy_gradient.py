@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
+from .. import distributed as _dist
 from .._checks import (
     check_choice,
     check_floating,
@@ -27,7 +28,6 @@ from .._checks import (
     hyperparameter_checks,
 )
 from .._numerics import compute_dtype, upcast
-from .. import distributed as _dist
 from ..registry import Example, Reference, register
 from ._examples import randint, randn
 

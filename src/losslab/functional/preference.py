@@ -234,7 +234,7 @@ def _randlogp(gen: torch.Generator, *shape: int) -> torch.Tensor:
 
 
 def _pair_example(num: int, *, n: int = 7, mismatch_name: str, variants: tuple[dict, ...] = (), nll: bool = False,
-                  **kwargs) -> "custom_example":
+                  **kwargs) -> custom_example:
     """``num`` log-prob tensors ``(n,)`` plus ``kwargs``; variants vary the hyperparameters
     (and one has extra leading dimensions); ``nll`` adds a per-sample ``chosen_nll``."""
 

@@ -11,7 +11,8 @@ count a NaN pair as "not ranked correctly" and return a finite AUC).
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as TF

@@ -8,7 +8,7 @@ durations ``min(Y, C)``) and ``events`` (1 = the duration was observed, 0 = cens
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -23,7 +23,8 @@ The solvers stop when the L1 marginal error is below ``tol``, a test read on the
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 

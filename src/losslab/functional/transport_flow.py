@@ -18,13 +18,19 @@ A training step::
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .._checks import (
-    check_choice, check_finite, check_floating, check_nonnegative, check_positive, check_same_shape,
-    hyperparameter_checks, validation_enabled,
+    check_choice,
+    check_finite,
+    check_floating,
+    check_nonnegative,
+    check_positive,
+    check_same_shape,
+    hyperparameter_checks,
+    validation_enabled,
 )
 from .._numerics import compute_dtype, upcast
 from .._reduction import Reduction, reduce

@@ -7,7 +7,11 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._checks import (
-    check_choice, check_floating, check_positive, hyperparameter_checks, validation_enabled,
+    check_choice,
+    check_floating,
+    check_positive,
+    hyperparameter_checks,
+    validation_enabled,
 )
 from .._numerics import compute_dtype, upcast
 from .._reduction import Reduction, reduce

@@ -4,51 +4,49 @@ Stateful losses keep all state in registered buffers and take an explicit ``inde
 """
 from __future__ import annotations
 
-from ._base import FunctionalLoss
-
+from . import calibration as _calibration
 from . import classification as _classification
 from . import classification_compsum as _classification_compsum
 from . import classification_ldr as _classification_ldr
 from . import classification_surrogates as _classification_surrogates
-from . import divergences as _divergences
-from . import transport as _transport
-from . import transport_kernel as _transport_kernel
-from . import transport_flow as _transport_flow
-from . import information as _information
 from . import contrastive as _contrastive
-from . import contrastive_robust as _contrastive_robust
 from . import contrastive_multihead as _contrastive_multihead
+from . import contrastive_robust as _contrastive_robust
+from . import distillation as _distillation
+from . import divergences as _divergences
+from . import information as _information
+from . import large_vocab as _large_vocab
 from . import metric as _metric
 from . import metric_fewshot as _metric_fewshot
-from . import ranking as _ranking
-from . import large_vocab as _large_vocab
-from . import distillation as _distillation
 from . import policy_gradient as _policy_gradient
 from . import preference as _preference
-from . import calibration as _calibration
+from . import ranking as _ranking
 from . import regression as _regression
-
+from . import transport as _transport
+from . import transport_flow as _transport_flow
+from . import transport_kernel as _transport_kernel
+from ._base import FunctionalLoss
+from .calibration import *  # noqa: F401,F403
 from .classification import *  # noqa: F401,F403
 from .classification_compsum import *  # noqa: F401,F403
 from .classification_ldr import *  # noqa: F401,F403
 from .classification_surrogates import *  # noqa: F401,F403
-from .divergences import *  # noqa: F401,F403
-from .transport import *  # noqa: F401,F403
-from .transport_kernel import *  # noqa: F401,F403
-from .transport_flow import *  # noqa: F401,F403
-from .information import *  # noqa: F401,F403
 from .contrastive import *  # noqa: F401,F403
-from .contrastive_robust import *  # noqa: F401,F403
 from .contrastive_multihead import *  # noqa: F401,F403
+from .contrastive_robust import *  # noqa: F401,F403
+from .distillation import *  # noqa: F401,F403
+from .divergences import *  # noqa: F401,F403
+from .information import *  # noqa: F401,F403
+from .large_vocab import *  # noqa: F401,F403
 from .metric import *  # noqa: F401,F403
 from .metric_fewshot import *  # noqa: F401,F403
-from .ranking import *  # noqa: F401,F403
-from .large_vocab import *  # noqa: F401,F403
-from .distillation import *  # noqa: F401,F403
 from .policy_gradient import *  # noqa: F401,F403
 from .preference import *  # noqa: F401,F403
-from .calibration import *  # noqa: F401,F403
+from .ranking import *  # noqa: F401,F403
 from .regression import *  # noqa: F401,F403
+from .transport import *  # noqa: F401,F403
+from .transport_flow import *  # noqa: F401,F403
+from .transport_kernel import *  # noqa: F401,F403
 
 __all__: list[str] = [
     "FunctionalLoss",

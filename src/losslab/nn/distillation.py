@@ -7,11 +7,11 @@ import torch
 
 from .. import functional as F
 from .._checks import check_floating, check_hyperparameters, check_index, check_ndim, check_positive
+from .._numerics import compute_dtype
+from .._reduction import reduce
 from ..functional.distillation import _check_pair
 from ..functional.distillation_stateful import _teacher_kl
 from ..registry import register_module
-from .._numerics import compute_dtype
-from .._reduction import reduce
 from ._base import FunctionalLoss
 
 __all__ = ["KDLoss", "SinkhornKDLoss", "NDLoss", "DualHeadKDLoss", "BoundaryKDLoss", "MultiTeacherKDLoss",
