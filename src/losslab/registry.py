@@ -125,6 +125,13 @@ class LossInfo:
                          props.replace("_", " "), props]).lower()
 
     @property
+    def peer(self):
+        """The :class:`losslab.peers.Peer` that ``losslab bench`` compares with, or None."""
+        from . import peers
+
+        return peers.get(self.name)
+
+    @property
     def summary(self) -> str:
         doc = inspect.getdoc(self.function) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
