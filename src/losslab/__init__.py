@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from . import distributed, estimators, functional, nn, registry
 from ._checks import set_validation, validation, validation_enabled
+from ._version import __version__
 from .registry import Example, LossInfo, Reference, families, get, info, list_losses, register
-
-__version__ = "0.1.0"
 
 __all__ = [
     "functional",
