@@ -324,3 +324,51 @@ def test_modules_equal_functions():
                                orpo_loss(pc / 10, pr / 10, beta=0.3, chosen_nll=nll), rtol=0, atol=0)
     with pytest.raises(TypeError, match="chosen_nll"):
         losslab.nn.CPOLoss(chosen_nll=nll)
+
+
+# --------------------------------------------------------------------------- per-call overhead (issue 9)
+def _graph(t: torch.Tensor) -> list[str]:
+    """The autograd node types reachable from ``t``, in a fixed (depth-first) order."""
+    out, stack, seen = [], [t.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        out.append(type(fn).__name__)
+        stack.extend(f for f, _ in reversed(fn.next_functions))
+    return out
+
+
+def test_dpo_graph_has_the_hand_written_expressions_nodes():
+    """Regression (issue 9): ``-logsigmoid`` negated every element before the mean (a node and
+    two passes more than ``-F.logsigmoid(x).mean()``); the forward-KL exponent cap was a
+    clamp (a three-kernel backward). Now plain DPO builds exactly the hand-written graph, and
+    forward-KL f-DPO has a one-kernel cap in place of the hand-written negation."""
+    pc, pr, rc, rr = (t.float() for t in _logps(seed=8))
+    pc.requires_grad_(True)
+    pr.requires_grad_(True)
+    F = torch.nn.functional
+    hand = -F.logsigmoid(0.1 * ((pc - rc) - (pr - rr))).mean()
+    assert _graph(dpo_loss(pc, pr, rc, rr, beta=0.1)) == _graph(hand)
+    hand_fkl = -F.logsigmoid(0.1 * (torch.exp(-(pr - rr)) - torch.exp(-(pc - rc)))).mean()
+    ours_fkl = _graph(dpo_loss(pc, pr, rc, rr, beta=0.1, divergence="forward_kl"))
+    assert ours_fkl == [n.replace("NegBackward0", "HardtanhBackward0") if i > 0 else n
+                        for i, n in enumerate(_graph(hand_fkl))]
+
+
+def test_dpo_input_checks_around_the_common_case():
+    """The usual call (four float32 tensors of one shape) skips the general checks; every
+    other call still gets them: mixed precisions promote, half precision is upcast, a
+    non-tensor or another shape raises naming the argument."""
+    pc, pr, rc, rr = (t.float() for t in _logps(seed=9))
+    f64 = dpo_loss(pc, pr, rc.double(), rr, reduction="none")
+    assert f64.dtype == torch.float64
+    torch.testing.assert_close(f64.float(), dpo_loss(pc, pr, rc, rr, reduction="none"))
+    assert dpo_loss(pc.bfloat16(), pr.bfloat16(), rc.bfloat16(), rr.bfloat16()).dtype == torch.float32
+    with pytest.raises(TypeError, match="ref_rejected_logps"):
+        dpo_loss(pc, pr, rc, rr.tolist())
+    with pytest.raises(ValueError, match="policy_rejected_logps"):
+        dpo_loss(pc, pr[:-1], rc, rr)
+    with pytest.raises(ValueError, match="ref_chosen_logps"):
+        dpo_loss(pc, pr, rc.reshape(1, -1), rr)
