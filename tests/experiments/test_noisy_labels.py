@@ -215,3 +215,101 @@ def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert nl._plot(tmp_path, {"ce": [0.5]}, {"dataset": "digits", "noise_type": "symmetric", "noise": 0.4}) is False
     assert not (tmp_path / "accuracy.png").exists()
+
+
+# ----------------------------------------------------------------------------- cost and outputs
+def _parse(argv):
+    p = argparse.ArgumentParser()
+    nl.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_default_study_cost_is_bounded(digits, monkeypatch):
+    """`make demo` runs the default study: its number of training steps is its cost."""
+    args = _parse([])
+    n_runs = len(args.losses.split(",")) * args.seeds
+    steps = nl.training_steps(n_runs, args.epochs, digits.x_train.shape[0], args.batch_size)
+    # Budget: one step (forward, backward, Adam) costs ~1.2 ms of one core on average over
+    # the default objectives (measured on a shared 2-core machine), and `make demo` must
+    # finish well within 60 s on 2 cores, start-up (~10 s) included: 15,000 steps ≈ 18 s.
+    assert steps <= 15_000
+    # training_steps counts what a run does: one objective call per minibatch.
+    calls = []
+    real = nl._loss_callable
+
+    def counting(reg, kwargs, n):
+        fn = real(reg, kwargs, n)
+        return lambda *a: (calls.append(1), fn(*a))[1]
+
+    monkeypatch.setattr(nl, "_loss_callable", counting)
+    nl.train_one(digits, digits.y_train, "cross_entropy", {}, 0, argparse.Namespace(epochs=2, batch_size=64, lr=1e-3))
+    assert len(calls) == nl.training_steps(1, 2, digits.x_train.shape[0], 64) == 2 * 20  # ceil(1257 / 64) = 20
+
+
+def test_training_step_reads_no_value_back_to_the_host(digits):
+    """No per-step host synchronisation (.item(), bool(), float() of a tensor, value checks):
+    only the once-per-epoch reads (finiteness of the epoch's loss, its value, the accuracy)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountSyncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:  # every tensor -> Python number
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    registered = set(losslab.list_losses())
+    for name in ("ce", "aldr_kl"):  # a plain objective and the stateful Module
+        reg, kw = nl.OBJECTIVES[name]
+        if reg not in registered:
+            continue
+        counts = []
+        for epochs in (1, 3):
+            with CountSyncs() as mode:
+                nl.train_one(digits, digits.y_train, reg, kw, 0, argparse.Namespace(epochs=epochs, batch_size=64, lr=1e-3))
+            counts.append(mode.count)
+        per_epoch = (counts[1] - counts[0]) / 2
+        assert per_epoch <= 3, (name, counts)  # an epoch has 20 steps: one read per step would give >= 20
+    assert losslab.validation_enabled()  # the run switched value checks off and back on
+
+
+def _run_tiny(tmp_path, capsys, name, *extra):
+    out = tmp_path / name
+    assert nl.run(_parse(["--epochs", "2", "--seeds", "2", "--losses", "ce,mae", "--quiet", "--out", str(out), *extra])) == 0
+    return out, capsys.readouterr().out
+
+
+def test_final_lines_name_the_table_and_figure(digits, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    out, printed = _run_tiny(tmp_path, capsys, "a")
+    lines = printed.strip().splitlines()
+    assert lines[-2].startswith(f"table:  {out / 'table.txt'} (") and "results.csv" in lines[-2]
+    assert lines[-1] == f"figure: {out / 'accuracy.png'}"
+    # The table file holds the table as printed; the figure is a PNG.
+    table = (out / "table.txt").read_text()
+    assert table.startswith("clean test accuracy after 2 epochs") and table in printed
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Without matplotlib the last line says so instead of naming a file that is not there.
+    monkeypatch.setattr(nl, "_plot", lambda *a: False)
+    out, printed = _run_tiny(tmp_path, capsys, "b")
+    assert printed.strip().splitlines()[-1].startswith("figure: not drawn (matplotlib is not installed")
+    assert not (out / "accuracy.png").exists() and (out / "table.txt").exists()
+
+
+def test_parallel_runs_equal_serial_runs_and_restore_settings(digits, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(nl, "_plot", lambda *a: False)  # the figure is tested above
+    threads = torch.get_num_threads()
+    serial, printed = _run_tiny(tmp_path, capsys, "serial", "--workers", "1")
+    assert "(4 new runs in" in printed and "1 at a time)" in printed
+    parallel, printed = _run_tiny(tmp_path, capsys, "parallel", "--workers", "2")
+    assert "2 at a time)" in printed
+    names = sorted(p.name for p in (serial / "runs").glob("*.json"))
+    assert names == ["ce-seed0.json", "ce-seed1.json", "mae-seed0.json", "mae-seed1.json"]
+    for name in names:  # byte for byte: results do not depend on --workers
+        assert (parallel / "runs" / name).read_bytes() == (serial / "runs" / name).read_bytes()
+    assert torch.get_num_threads() == threads and losslab.validation_enabled()
+    with pytest.raises(ExperimentError, match="--workers must be >= 1"):
+        nl.run(_parse(["--workers", "0", "--out", str(tmp_path / "c")]))
