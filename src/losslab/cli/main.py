@@ -2,6 +2,7 @@
 
     losslab list [PATTERN] [--family F] [--markdown]
     losslab info NAME
+    losslab bench NAME [--size small|medium|large] [--dtype float32|bfloat16] [--shape AxB] [--json]
     losslab run EXPERIMENT [options]      (losslab run --help lists them)
 
 Bad input (unknown objective, family, experiment option) is reported on one line,
@@ -38,6 +39,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p_info = sub.add_parser("info", help="formula, reference and properties of one objective")
     p_info.add_argument("name")
+
+    p_bench = sub.add_parser("bench", help="time an objective against its peer (torch, pytorch-metric-learning, "
+                             "geomloss, POT, torchmetrics)")
+    from losslab.cli import bench
+
+    bench.add_arguments(p_bench)
 
     p_run = sub.add_parser("run", help="run an experiment")
     runs = p_run.add_subparsers(dest="experiment", required=True, parser_class=_Parser, metavar="EXPERIMENT")
@@ -84,6 +91,18 @@ def _dispatch(args) -> int:
         _check_name(args.name)
         print(catalog.describe(args.name))
         return 0
+    if args.command == "bench":
+        from losslab.benchmarking import BenchError
+        from losslab.cli import bench
+
+        _check_name(args.name)
+        problem = bench.check(args)
+        if problem:
+            raise _UsageError(problem)
+        try:
+            return bench.run(args)
+        except BenchError as exc:
+            raise _UsageError(str(exc)) from None
     if args.command == "run":
         return int(args._experiment.run(args) or 0)
     raise _UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
