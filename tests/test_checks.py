@@ -44,3 +44,25 @@ def test_index_check():
         C.check_index(torch.tensor([0, 1]), "index", length=3, size=10)
     with pytest.raises(ValueError, match=r"value 10 outside \[0, 10\)"):
         C.check_index(torch.tensor([0, 1, 10]), "index", length=3, size=10)
+
+
+def test_bfloat16_softmax_rows_pass_the_probability_checks_and_a_wrong_row_does_not():
+    from losslab._checks import check_probabilities, probability_sum_atol
+    from losslab.estimators import CalibrationError
+    from losslab.functional import expected_calibration_error
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(4000, 7, generator=gen), -1).bfloat16()
+    err = float((probs.double().sum(-1) - 1).abs().max())
+    assert 1e-3 < err <= probability_sum_atol(torch.bfloat16, 7)  # rounding alone exceeds the old 1e-3
+    target = torch.randint(0, 7, (4000,), generator=gen)
+    check_probabilities(probs, "probs")
+    metric = CalibrationError()
+    metric.update(probs, target)
+    torch.testing.assert_close(metric.compute().float(), expected_calibration_error(probs, target), atol=1e-6, rtol=0)
+    bad = probs.clone()
+    bad[0] = bad[0] * 1.05
+    with pytest.raises(ValueError, match="sum to 1"):
+        expected_calibration_error(bad, target)
+    with pytest.raises(ValueError, match="sum to 1"):
+        check_probabilities(bad, "probs")

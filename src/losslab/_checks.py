@@ -178,13 +178,25 @@ def check_class_target(
     return target
 
 
+def probability_sum_atol(dtype: torch.dtype, n: int) -> float:
+    """How far from 1 a row of ``n`` probabilities stored in ``dtype`` may sum.
+
+    Half precision: one machine epsilon (rounding each entry of a softmax row to bfloat16
+    moves the sum by up to 2^-9; 2^-7 leaves room for a softmax computed in bfloat16), at
+    least 1e-3. Otherwise 1e-5 sqrt(n), at least 1e-5.
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        return max(1e-3, torch.finfo(dtype).eps)
+    return 1e-5 * max(1.0, math.sqrt(n))
+
+
 def check_probabilities(p: torch.Tensor, name: str, *, dim: int = -1, atol: float | None = None) -> None:
-    """Entries of ``p`` are in [0, 1] and sum to 1 along ``dim``."""
+    """Entries of ``p`` are in [0, 1] and sum to 1 along ``dim`` (to :func:`probability_sum_atol`)."""
     check_floating(p, name)
     if validation_enabled() and p.numel() > 0:
         p = p.detach()
         if atol is None:
-            atol = 1e-3 if p.dtype in (torch.float16, torch.bfloat16) else 1e-5 * max(1.0, math.sqrt(p.shape[dim]))
+            atol = probability_sum_atol(p.dtype, p.shape[dim])
         if bool(torch.isnan(p).any()):
             raise ValueError(f"{name} contains NaN")
         lo = float(p.min())

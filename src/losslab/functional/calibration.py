@@ -23,6 +23,7 @@ from .._checks import (
     check_positive,
     check_probabilities,
     hyperparameter_checks,
+    probability_sum_atol,
     validation_enabled,
 )
 from .._numerics import upcast
@@ -171,9 +172,7 @@ def _check_simplex(probs: torch.Tensor) -> None:
     """
     if not validation_enabled() or probs.numel() == 0:
         return
-    c = probs.shape[-1]
-    half = probs.dtype in (torch.float16, torch.bfloat16)
-    atol = 1e-3 if half else 1e-5 * max(1.0, c ** 0.5)
+    atol = probability_sum_atol(probs.dtype, probs.shape[-1])
     lo, hi = torch.aminmax(probs)
     err = (upcast(probs).sum(-1) - 1).abs().max()
     lo, hi, err = torch.stack([lo.float(), hi.float(), err.float()]).tolist()

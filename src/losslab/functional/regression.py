@@ -90,7 +90,7 @@ def _check_broadcast(x: torch.Tensor, name: str, shape: torch.Size) -> None:
 
 def _check_positive_tensor(x: torch.Tensor, name: str) -> None:
     if validation_enabled() and x.numel() > 0:
-        lo = float(x.min())
+        lo = float(x.detach().min())
         if not lo > 0:  # also NaN
             raise ValueError(f"{name} must be positive, found {lo:.4g}")
 
