@@ -63,8 +63,8 @@ class Example:
             ``NamedTuple``); default: the value itself.
         mean_rule: ``mean_rule(none, args, kwargs) -> tensor``: the documented value of
             ``reduction="mean"`` computed from the ``reduction="none"`` output (default:
-            ``none.mean()``, the plain mean). Weighted means over kept elements use
-            :func:`weighted_mean_rule`-style callables.
+            ``none.mean()``, the plain mean). A weighted mean over kept elements is a
+            callable dividing ``none.sum()`` by the total weight of the kept elements.
         variants: extra factories run through the reduction checks: inputs carrying class
             weights, ``ignore_index`` and extra leading dimensions wherever the objective
             accepts them.

@@ -224,3 +224,13 @@ def test_more_seeds_reuse_finished_runs_and_changed_config_is_refused(tmp_path, 
     (tmp_path / "runs" / "ce-seed0.json").write_text(json.dumps(rec))
     assert main(base + ["--seeds", "2"]) == 2
     assert "was made with other settings" in capsys.readouterr().err
+
+
+def test_help_of_every_command_and_experiment_prints(capsys):
+    from losslab.cli.main import main
+    from losslab.experiments import discover
+
+    for argv in (["--help"], ["run", "--help"], ["bench", "--help"],
+                 *(["run", name, "--help"] for name in discover())):
+        assert main(argv) == 0, argv
+        assert "usage: losslab" in capsys.readouterr().out, argv

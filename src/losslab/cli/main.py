@@ -49,7 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="run an experiment")
     runs = p_run.add_subparsers(dest="experiment", required=True, parser_class=_Parser, metavar="EXPERIMENT")
     for name, mod in discover().items():
-        p = runs.add_parser(name, help=mod.HELP, description=mod.HELP)
+        p = runs.add_parser(name, help=mod.HELP.replace("%", "%%"), description=mod.HELP)  # help is %-formatted
         mod.add_arguments(p)
         p.set_defaults(_experiment=mod)
     return parser

@@ -69,7 +69,7 @@ BVPO = Reference(
 
 # --------------------------------------------------------------------------- reading p.grad
 def grad_sq_norms(params: torch.nn.Module | torch.optim.Optimizer | Iterable) -> torch.Tensor:
-    r"""Squared L2 norms of ``p.grad`` summed over each parameter group: Σ_p |∇p|² per group.
+    r"""Squared L2 norms of ``p.grad`` summed over each parameter group: Σ_p ‖∇p‖² per group.
 
     Call it after ``backward()``; it reads ``p.grad`` and changes nothing. A parameter whose
     ``grad`` is ``None`` counts 0. The sums are accumulated in float64 on the device of the
@@ -187,7 +187,7 @@ def gradient_noise_scale(
     small_batch_size: int,
     large_batch_size: int,
 ) -> GradientNoiseScale:
-    r"""The simple gradient noise scale tr(Σ)/|G|² from squared gradient norms at two batch sizes.
+    r"""The simple gradient noise scale tr(Σ)/‖G‖² from squared gradient norms at two batch sizes.
 
     With :math:`b = ` ``small_batch_size``, :math:`B = ` ``large_batch_size`` and the squared
     norms :math:`s_t = \lVert g_b\rVert^2`, :math:`l_t = \lVert g_B\rVert^2` of mean gradients
