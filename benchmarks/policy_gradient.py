@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/policy_gradient.py                 # N=4096, D=256, V in {32768, 131072}
     .venv/bin/python benchmarks/policy_gradient.py --quick         # N=1024, V=32768, fewer repeats
     .venv/bin/python benchmarks/policy_gradient.py --vocab 32768 --repeat 3
+    .venv/bin/python benchmarks/policy_gradient.py --threads 1 --cpu-time   # on a busy machine
 
 Forward + backward of ``sum(u * logp_y + v * H)`` (per-token upstream weights ``u``, ``v``:
 both outputs carry gradients, as in a GRPO step with an entropy bonus) from ``hidden (N, D)``
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -72,12 +74,18 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, nargs="*", default=None)
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     n = args.n or (1024 if args.quick else 4096)
     vocabs = args.vocab or ([32768] if args.quick else [32768, 131072])
     repeat = args.repeat or (3 if args.quick else 5)
     print(f"# linear_token_logprobs (logp + entropy, both differentiated) vs materialized; N={n}, D={args.d}, "
-          f"T={TEMPERATURE}, float32, forward+backward; {machine()}")
+          f"T={TEMPERATURE}, float32, forward+backward, {'CPU' if args.cpu_time else 'wall'} time, median of "
+          f"{repeat} interleaved runs; {machine()}")
     rows = []
     bench = str(Path(__file__).resolve().parent)
     for v in vocabs:
@@ -90,7 +98,7 @@ def main(argv=None) -> int:
             return run
 
         times = interleaved_medians({"materialized": step(materialized), "ours": step(ours)}, repeat=repeat,
-                                    warmup=1, max_seconds=120, min_repeat=2)
+                                    warmup=1, max_seconds=120, min_repeat=2, clock=clock)
         del h, w, t, u, e
         mem = {}
         if not args.no_memory:

@@ -3,8 +3,8 @@ per-token log-probabilities / entropies of linear_token_logprobs.
 
 References used here (none reuses the code under test):
 * a per-token Python loop over the formulas (math.exp, explicit sums);
-* TRL's normalization, transcribed from ``trl/trainer/grpo_trainer.py`` (``GRPOTrainer._compute_loss``)
-  at commit f2cd57710ae345ea6428ae95363267fcf38a3dc8 (trl 1.10.0.dev0) — see ``_trl_loss``;
+* TRL's loss, transcribed from ``trl/trainer/grpo_trainer.py`` (``GRPOTrainer._compute_loss``) of
+  trl 1.16.0 (the PyPI release) — see ``_trl_loss``;
 * NumPy's ``std(ddof=1)`` for TRL's ``nanstd`` (Bessel-corrected, ``trl/trainer/utils.py``);
 * materialized ``log_softmax`` in float64 for linear_token_logprobs.
 """
@@ -26,6 +26,7 @@ from losslab.functional import (
     sequence_logprobs,
     variance_promotion_score,
 )
+from losslab.functional import large_vocab_token as LVT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _spawn import spawn  # noqa: E402
@@ -105,27 +106,39 @@ def _loop_loss(pol, old, adv, mask, ref, beta, eps, eps_high, loss_type, level, 
     return total / max(1, sum(tokens) if num_items is None else num_items)
 
 
-def _trl_loss(pol, old, adv, mask, ref, beta, eps, eps_high, loss_type, level, max_len, num_items):
-    """TRL's GRPOTrainer._compute_loss (grpo_trainer.py at f2cd577, lines ~3053-3142), transcribed with one
-    process and no gradient accumulation (num_processes = 1, current_gradient_accumulation_steps = 1);
-    the mask is a float tensor, as TRL's completion_mask."""
+def _trl_loss(pol, old, adv, mask, ref, beta, eps, eps_high, loss_type, level, max_len, num_items, *,
+              num_processes=1, use_bias_correction_kl=False):
+    """TRL 1.16.0's GRPOTrainer._compute_loss (trl/trainer/grpo_trainer.py, lines 3083-3173 of the PyPI
+    release), transcribed for the loss types grpo, bnpo, dr_grpo, dapo and cispo, in training mode without
+    gradient accumulation (current_gradient_accumulation_steps = steps_per_generation = 1: every accumulation
+    factor of the normalizers is 1).
+    ``num_processes`` is accelerator.num_processes; ``num_items`` is inputs["num_items_in_batch"] (TRL:
+    gather(mask.sum()).sum(), the mask's tokens over all processes; here the local mask's when None).
+    ``use_bias_correction_kl`` is TRL's option of that name (its 1.16 default is True, losslab's KL is the
+    option False: see grpo_loss's docstring). The mask is a float tensor, as TRL's completion_mask; delta
+    (two-sided clipping), the off-policy mask, the entropy mask and vLLM's importance sampling are off."""
     mask = mask.to(pol.dtype)
     advantages = adv.unsqueeze(1) if adv.dim() == 1 else adv
-    epsilon_high = eps_high if eps_high is not None else eps
+    epsilon_low, epsilon_high = eps, (eps_high if eps_high is not None else eps)
     log_ratio = pol - old
     if level == "token":
         log_importance_weights = log_ratio
     else:
-        log_importance_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+        log_importance_weights = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        log_importance_weights = log_importance_weights.unsqueeze(-1)
     coef_1 = torch.exp(log_importance_weights)
     if beta != 0.0:
         per_token_kl = torch.exp(ref - pol) - (ref - pol) - 1
+        if use_bias_correction_kl:
+            per_token_kl = per_token_kl * coef_1
     if loss_type == "cispo":
         clamped_ratios = torch.clamp(coef_1, max=epsilon_high).detach()
         per_token_loss = -clamped_ratios * advantages * pol
     else:
-        coef_2 = torch.clamp(coef_1, 1 - eps, 1 + epsilon_high)
-        per_token_loss = -torch.min(coef_1 * advantages, coef_2 * advantages)
+        coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
+        per_token_loss1 = coef_1 * advantages
+        per_token_loss2 = coef_2 * advantages
+        per_token_loss = -torch.min(per_token_loss1, per_token_loss2)
     if beta != 0.0:
         per_token_loss = per_token_loss + beta * per_token_kl
     if loss_type == "grpo":
@@ -134,9 +147,10 @@ def _trl_loss(pol, old, adv, mask, ref, beta, eps, eps_high, loss_type, level, m
         return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
     if loss_type == "dr_grpo":
         return (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_len)
-    # dapo / cispo: inputs["num_items_in_batch"] = gather(loss_mask.sum()).sum()
-    n = mask.sum() if num_items is None else torch.tensor(float(num_items), dtype=pol.dtype)
-    return (per_token_loss * mask).sum() / n.clamp(min=1.0)
+    # dapo / cispo
+    num_items_in_batch = mask.sum() if num_items is None else torch.tensor(float(num_items), dtype=pol.dtype)
+    normalizer = num_items_in_batch.clamp(min=1.0) / num_processes
+    return (per_token_loss * mask).sum() / normalizer
 
 
 def _inputs(seed=0, b=5, t=6, per_token_adv=False):
@@ -226,6 +240,24 @@ def test_padding_never_counts_and_nan_in_a_kept_token_propagates():
     assert torch.isnan(grpo_loss(bad, old, adv, mask))
 
 
+def test_trl_bias_corrected_kl_differs_only_in_the_gradient_on_policy():
+    """TRL 1.16's default KL (use_bias_correction_kl=True) is k3 times the differentiable ratio; grpo_loss's
+    is k3 (the docstring's deliberate difference). On-policy the values agree and the gradients differ by
+    beta * k3 * d(ratio)/d(logp) = beta * k3 per token, over the normalizer."""
+    pol, _, adv, mask, ref = _inputs(4)
+    p1, p2 = pol.clone().requires_grad_(), pol.clone().requires_grad_()
+    ours = grpo_loss(p1, p1.detach(), adv, mask, ref_logps=ref, beta=0.1, loss_type="bnpo")
+    trl = _trl_loss(p2, p2.detach(), adv, mask, ref, 0.1, 0.2, None, "bnpo", "token", None, None,
+                    use_bias_correction_kl=True)
+    torch.testing.assert_close(ours, trl, rtol=1e-12, atol=1e-14)
+    ours.backward()
+    trl.backward()
+    m = mask.to(F64)
+    k3 = (ref - pol).exp() - (ref - pol) - 1
+    torch.testing.assert_close(p2.grad - p1.grad, 0.1 * k3 * m / m.sum(), rtol=1e-10, atol=1e-14)
+    assert (p2.grad - p1.grad).abs().max() > 1e-4
+
+
 def test_grpo_loss_bad_input():
     pol, old, adv, mask, ref = _inputs()
     with pytest.raises(ValueError, match="old_logps"):
@@ -299,6 +331,15 @@ def test_two_processes_uneven_tokens_follow_the_distributed_rule():
         assert sum(values) / 2 == pytest.approx(float(single), rel=1e-12), loss_type  # mean over ranks
         assert sum(grads) / 2 == pytest.approx(float(theta.grad), rel=1e-12), loss_type  # DDP's average
         assert out[(0, loss_type)][2] == pytest.approx(float(single), rel=1e-12)  # global_value logs it
+    # TRL 1.16's "dapo"/"cispo" on each rank (num_items_in_batch: the global token count, divided by
+    # num_processes) gives the same per-rank values
+    total = int(mask.sum())
+    for loss_type in ("dapo", "cispo"):
+        k = _kw(loss_type)
+        for r, s in enumerate(shards):
+            trl = _trl_loss(pol[s], old[s], adv[s], mask[s], ref[s], k["beta"], 0.2, k["epsilon_high"], loss_type,
+                            "token", 8, total, num_processes=2)
+            assert out[(r, loss_type)][0] == pytest.approx(float(trl), rel=1e-12), (loss_type, r)
     # the local-count rule (TRL's "bnpo") is not the single-process loss with these uneven shards
     single = float(grpo_loss(pol, old, adv, mask, ref_logps=ref, **_kw("bnpo")))
     local = [float(_trl_loss(pol[s], old[s], adv[s], mask[s], ref[s], 0.05, 0.2, 0.28, "bnpo", "token", 8, None))
@@ -337,10 +378,20 @@ def _materialized(h, w, t, b, temperature):
     return torch.where(keep, lp, 0), torch.where(keep, ent, 0)
 
 
+@pytest.fixture(params=["default", "small"])
+def tiles(request, monkeypatch):
+    """The default tiles (one vocabulary block at these sizes) or 4-row vocabulary blocks and 4-token
+    tiles, so that the block merge, the ragged last block and the per-block target gather run."""
+    if request.param == "small":
+        monkeypatch.setattr(LVT, "TILE_VOCAB", 4)
+        monkeypatch.setattr(LVT, "TILE_BYTES", 2 * 8 * 4 * 4)
+    return request.param
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.6, 1.7])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("chunk", [None, 3])
-def test_linear_token_logprobs_against_materialized_float64(temperature, with_bias, chunk):
+def test_linear_token_logprobs_against_materialized_float64(temperature, with_bias, chunk, tiles):
     g = torch.Generator().manual_seed(4)
     h = torch.randn(3, 5, 6, generator=g, dtype=F64) * 2
     w = torch.randn(29, 6, generator=g, dtype=F64)
@@ -421,6 +472,43 @@ def test_linear_token_logprobs_large_logits_stay_finite():
     (out.logps.sum() + out.entropy.sum()).backward()
     assert torch.isfinite(out.logps).all() and torch.isfinite(out.entropy).all() and torch.isfinite(hh.grad).all()
     assert (out.entropy >= -1e-6).all()
+
+
+def test_linear_token_logprobs_peaked_logits_match_float64(tiles):
+    """Shifted logits far below the -60 clamp (logits of magnitude ~100s): float64 values and gradients
+    of both outputs to round-off, also when whole vocabulary blocks lie below the maximum by more than 60."""
+    g = torch.Generator().manual_seed(9)
+    h = torch.randn(11, 6, generator=g, dtype=F64) * 40
+    w = torch.randn(29, 6, generator=g, dtype=F64)
+    t = torch.randint(0, 29, (11,), generator=g)
+    up_l, up_e = torch.randn(11, generator=g, dtype=F64), torch.randn(11, generator=g, dtype=F64)
+    a = [h.clone().requires_grad_(), w.clone().requires_grad_()]
+    out = linear_token_logprobs(*a, t, temperature=0.7, return_entropy=True)
+    c = [h.clone().requires_grad_(), w.clone().requires_grad_()]
+    lp, ent = _materialized(*c, t, None, 0.7)
+    torch.testing.assert_close(out.logps, lp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.entropy, ent, rtol=1e-12, atol=1e-12)
+    ga = torch.autograd.grad((out.logps * up_l + out.entropy * up_e).sum(), a)
+    gc = torch.autograd.grad((lp * up_l + ent * up_e).sum(), c)
+    for x, y in zip(ga, gc):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+def test_linear_token_logprobs_minus_inf_vocabulary_blocks(tiles):
+    """-inf bias on whole vocabulary blocks (the first one included, 4-row blocks with the small tiles):
+    zero-probability tokens, the float64 values, finite gradients."""
+    g = torch.Generator().manual_seed(10)
+    h = torch.randn(7, 4, generator=g, dtype=F64)
+    w = torch.randn(13, 4, generator=g, dtype=F64).requires_grad_()
+    b = torch.zeros(13, dtype=F64)
+    b[[0, 1, 2, 3, 8, 9, 10, 11]] = float("-inf")
+    t = torch.tensor([4, 5, 6, 7, 12, 4, 12])
+    out = linear_token_logprobs(h, w, t, bias=b, return_entropy=True)
+    (out.logps.sum() + out.entropy.sum()).backward()
+    lp, ent = _materialized(h, w.detach(), t, torch.where(torch.isinf(b), -1e300, b), 1.0)
+    torch.testing.assert_close(out.logps, lp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.entropy, ent, rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(w.grad).all()
 
 
 def test_linear_token_logprobs_minus_inf_bias_is_a_zero_probability_token():

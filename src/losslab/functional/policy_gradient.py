@@ -8,8 +8,8 @@ per-token log-probabilities these take come from the model, or from hidden state
 :func:`~losslab.functional.linear_token_logprobs` (chunked, no N × V logits).
 
 Conventions were checked against TRL's source, ``trl/trainer/grpo_trainer.py``
-(``GRPOTrainer._compute_loss`` and ``_generate_and_score_completions``) at commit
-``f2cd57710ae345ea6428ae95363267fcf38a3dc8`` (version ``1.10.0.dev0``, July 2026).
+(``GRPOTrainer._compute_loss`` and ``_generate_and_score_completions``) of TRL 1.16.0;
+:func:`grpo_loss` lists where it deliberately differs.
 """
 from __future__ import annotations
 
@@ -257,7 +257,7 @@ def grpo_loss(
     * ``"bnpo"``: :math:`\sum_{it} M_{it}\ell_{it} / \max(1, \sum_{it} M_{it})`;
     * ``"dr_grpo"``: :math:`\sum_{it} M_{it}\ell_{it} / (B \cdot \text{max\_completion\_length})`;
     * ``"dapo"``, ``"cispo"``: :math:`\sum_{it} M_{it}\ell_{it} / \max(1, \text{num\_items})`,
-      ``num_items`` the completion tokens of the whole generation batch (all ranks, all
+      ``num_items`` the completion tokens of one optimizer step's batch (all ranks, all
       gradient-accumulation steps); default: the mask's tokens summed over the ranks.
 
     Distributed (``torch.distributed`` initialized and ``group`` of more than one rank;
@@ -271,7 +271,21 @@ def grpo_loss(
     tokens. With equal shards ``"grpo"`` and ``"dr_grpo"`` equal TRL's. Log the global value
     with :func:`losslab.distributed.global_value`. Gradient accumulation: divide by the
     number of accumulation steps yourself except for ``"dapo"``/``"cispo"`` with ``num_items``
-    of the whole generation batch (TRL's convention).
+    of the whole optimizer step (TRL 1.16 counts the tokens of the generation batch and
+    rescales the count by ``gradient_accumulation_steps / steps_per_generation``: the same
+    number when one generation batch feeds one optimizer step, its default).
+
+    Where TRL 1.16's ``GRPOTrainer`` differs, deliberately: the global token count of
+    ``"bnpo"`` across ranks (above); the KL term is the plain k3 estimator above, while
+    TRL 1.16 by default (``use_bias_correction_kl=True``, False before 1.16) multiplies it by
+    the differentiable importance ratio :math:`\rho` (the token's, or the sequence's for
+    ``"sequence"``). The values agree on-policy (:math:`\rho = 1`), but the gradients
+    differ by :math:`\beta\,\mathrm{k3}\,\nabla\rho` per token; TRL with
+    ``use_bias_correction_kl=False`` is this loss. TRL's ``delta`` (INTELLECT-2's upper cap of
+    the unclipped ratio) is not offered; its entropy and off-policy masks and its vLLM
+    importance weights are not arguments: multiply them into ``(B, T)`` ``advantages`` (a
+    non-negative factor of :math:`A` scales each token's policy term as TRL's product does,
+    and leaves the KL term and the token counts alone).
 
     Masked positions never count, whatever they hold (padding may be NaN). A mask with no
     completion token gives 0 with zero gradients. With ``old_logps = policy_logps.detach()``
@@ -292,7 +306,7 @@ def grpo_loss(
         loss_type: ``"grpo"``, ``"bnpo"``, ``"dr_grpo"``, ``"dapo"`` or ``"cispo"``.
         importance_sampling_level: ``"token"`` or ``"sequence"`` (GSPO).
         max_completion_length: the generation length limit; required by ``"dr_grpo"``.
-        num_items: ``"dapo"``/``"cispo"`` denominator (global token count of the generation batch).
+        num_items: ``"dapo"``/``"cispo"`` denominator (global token count of the optimizer step).
         group: process group for the counts (default: the world when initialized).
 
     Shape:
