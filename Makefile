@@ -17,12 +17,19 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
 
-install-cli: $(PY)
+# Editable installs, redone only when pyproject.toml changes (a stamp file per extra set).
+$(VENV)/.installed-cli: pyproject.toml | $(PY)
 	$(PIP) install --quiet $(TORCH) -e ".[cli]"
+	touch $@
 
-install-dev: $(PY)
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) install --quiet $(TORCH) -e ".[cli,dev,docs]"
 	$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('2.13.0') else 'torch was replaced: ' + v)"
+	touch $@ $(VENV)/.installed-cli
+
+install-cli: $(VENV)/.installed-cli
+
+install-dev: $(VENV)/.installed-dev
 
 demo: install-cli
 	$(VENV)/bin/losslab run noisy-labels
