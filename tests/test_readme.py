@@ -43,3 +43,11 @@ def test_conventions_live_in_the_repository():
         body = path.read_text()
         for private in ("CATALOG.md", "DESIGN.md", "FORMULAS.md"):
             assert private not in body, f"{path.name} points to {private}, which is not in the repository"
+
+
+def test_status_states_the_number_of_registered_objectives():
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"Registered \((\d+) objectives", text)
+    assert found and int(found.group(1)) == len(losslab.list_losses())
