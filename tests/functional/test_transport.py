@@ -432,3 +432,39 @@ def test_stabilized_kernel_has_no_subnormal_entries(dtype):
     v32 = LF.sinkhorn_divergence(x.float(), y.float(), epsilon=1.0, tol=1e-6, max_iter=100000)
     v64 = LF.sinkhorn_divergence(x.double(), y.double(), epsilon=1.0, tol=1e-9, max_iter=100000)
     assert abs(v32.item() - v64.item()) <= 1e-5 * abs(v64.item())
+
+
+def test_float32_levels_stop_at_the_roundoff_floor():
+    # Regression (`losslab bench sinkhorn --size large`, 8197 x 7026 points, float32): an
+    # intermediate epsilon-scaling level was solved to max(tol, 0.01 x smallest weight) =
+    # 1.2e-6, below float32's round-off floor of the L1 marginal error there (2.1e-6); each
+    # level spent LEVEL_CAP checks on noise, max_iter ran out before the target epsilon and the
+    # solver warned with error inf (value 1.567 against float64's 0.7727). Here the same failure
+    # at 1000 points: one point of weight 1e-7 puts the level tolerance at tol = 2e-7, below
+    # the floor (before the fix: 1000 iterations, a warning, error 1.2e-4).
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1000, 2, generator=g, dtype=F64), torch.randn(857, 2, generator=g, dtype=F64) + 0.5
+    a = torch.ones(1000, dtype=F64)
+    a[0] = 1e-4
+    a = a / a.sum()
+    with _no_warnings():
+        r32 = LF.sinkhorn(x.float(), y.float(), a=a.float(), tol=2e-7)
+    r64 = LF.sinkhorn(x, y, a=a, tol=1e-10)
+    assert r32.marginal_error <= 2e-7
+    assert r32.n_iter < 500  # float64 needs 3xx iterations here; the levels no longer stall
+    assert abs(r32.value.item() - r64.value.item()) <= 1e-5 * abs(r64.value.item())
+
+
+def test_budget_spent_before_the_target_epsilon_reports_its_error():
+    # max_iter runs out on an intermediate epsilon-scaling level: the potentials returned are
+    # those of the target epsilon (one exact log-domain step) and marginal_error is their true
+    # L1 error at the target, measured here independently (it was reported as inf).
+    x, y, a, b = _clouds(4)
+    eps = 0.001
+    with pytest.warns(RuntimeWarning, match="did not converge in max_iter=3"):
+        res = LF.sinkhorn(x, y, a=a, b=b, epsilon=eps, max_iter=3, tol=1e-9)
+    assert math.isfinite(res.marginal_error)
+    P = a[:, None] * b[None, :] * torch.exp((res.f[:, None] + res.g[None, :] - _sqdist(x, y)) / eps)
+    expected = float((P.sum(1) - a).abs().sum() + (P.sum(0) - b).abs().sum())
+    assert res.marginal_error == pytest.approx(expected, rel=1e-6)
+    assert math.isfinite(res.value.item())

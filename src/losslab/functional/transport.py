@@ -230,8 +230,10 @@ _SOLVER_ARGS = r"""
 _SOLVER_NOTES = r"""
     Solver: Sinkhorn iterations in scaling form on a log-stabilized kernel (absorption into
     the potentials), ε-scaling with every level solved to a fraction of the smallest point
-    weight (so a near-permutation plan is found at the ε where it forms), over-relaxation
-    at a factor fitted to the measured convergence rate, and Newton's method on the dual
+    weight (so a near-permutation plan is found at the ε where it forms; never below the
+    round-off floor of the marginal error, which float32 reaches past a few thousand
+    points), over-relaxation at a factor fitted to the measured convergence rate, and
+    Newton's method on the dual
     (a dense system of size min(n, m), up to 2048) when Sinkhorn's predicted remaining
     iterations cost more (near-permutation plans at small ε / diameter). It stops when the
     L1 marginal error is below ``tol`` and **warns** (``RuntimeWarning`` with the error
