@@ -129,3 +129,21 @@ def test_formulas_are_served_from_the_site(site):
     assert any(s.split("?")[0].endswith("_static/mathjax/tex-chtml.js") for s in scripts), scripts
     assert not [s for s in scripts if re.match(r"^(https?:)?//", s)], scripts
     assert 'class="math' in page
+
+
+def test_a_docstring_warning_names_the_source_file_and_line(tmp_path):
+    """`make docs` fails on a bad docstring with the file and line an editor can jump to."""
+    import importlib.util
+    import logging
+
+    spec = importlib.util.spec_from_file_location("losslab_docs_ext", ROOT / "docs" / "_ext" / "losslab_docs.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    src = tmp_path / "mod.py"
+    src.write_text('import torch\n\n\nclass Loss:\n    def forward(self):\n        """Summary.\n\n'
+                   '        A ``broken literal.\n        """\n')
+    record = logging.LogRecord("sphinx", logging.WARNING, "", 0, "Inline literal start-string without end-string.",
+                               None, None)
+    record.location = f"{src}:docstring of pkg.mod.Loss.forward:3"
+    assert ext.DocstringFileLines().filter(record)
+    assert record.location == f"{src}:8: docstring of pkg.mod.Loss.forward, line 3"
