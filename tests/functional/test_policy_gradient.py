@@ -494,6 +494,16 @@ def test_linear_token_logprobs_peaked_logits_match_float64(tiles):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
 
 
+def _check_minus_inf_bias(h, w, t, b):
+    """Values of both outputs equal the float64 materialized ones (-inf bias as -1e300), finite gradients."""
+    out = linear_token_logprobs(h, w, t, bias=b, return_entropy=True)
+    (out.logps.sum() + out.entropy.sum()).backward()
+    lp, ent = _materialized(h, w.detach(), t, torch.where(torch.isinf(b), -1e300, b), 1.0)
+    torch.testing.assert_close(out.logps, lp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.entropy, ent, rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(w.grad).all()
+
+
 def test_linear_token_logprobs_minus_inf_vocabulary_blocks(tiles):
     """-inf bias on whole vocabulary blocks (the first one included, 4-row blocks with the small tiles):
     zero-probability tokens, the float64 values, finite gradients."""
@@ -503,12 +513,7 @@ def test_linear_token_logprobs_minus_inf_vocabulary_blocks(tiles):
     b = torch.zeros(13, dtype=F64)
     b[[0, 1, 2, 3, 8, 9, 10, 11]] = float("-inf")
     t = torch.tensor([4, 5, 6, 7, 12, 4, 12])
-    out = linear_token_logprobs(h, w, t, bias=b, return_entropy=True)
-    (out.logps.sum() + out.entropy.sum()).backward()
-    lp, ent = _materialized(h, w.detach(), t, torch.where(torch.isinf(b), -1e300, b), 1.0)
-    torch.testing.assert_close(out.logps, lp, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(out.entropy, ent, rtol=1e-12, atol=1e-12)
-    assert torch.isfinite(w.grad).all()
+    _check_minus_inf_bias(h, w, t, b)
 
 
 def test_linear_token_logprobs_minus_inf_bias_is_a_zero_probability_token():
@@ -518,9 +523,4 @@ def test_linear_token_logprobs_minus_inf_bias_is_a_zero_probability_token():
     b = torch.zeros(9, dtype=F64)
     b[[2, 5]] = float("-inf")
     t = torch.tensor([0, 1, 3, 4, 6, 8])
-    out = linear_token_logprobs(h, w, t, bias=b, return_entropy=True)
-    (out.logps.sum() + out.entropy.sum()).backward()
-    lp, ent = _materialized(h, w.detach(), t, torch.where(torch.isinf(b), -1e300, b), 1.0)
-    torch.testing.assert_close(out.logps, lp, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(out.entropy, ent, rtol=1e-12, atol=1e-12)
-    assert torch.isfinite(w.grad).all()
+    _check_minus_inf_bias(h, w, t, b)
